@@ -1,0 +1,607 @@
+"""Exec into a pod over the Kubernetes exec websocket (channel protocol v5, falling back to v4).
+
+Why not the official client's ``stream()`` helper: it copies its whole buffer on every frame and
+decodes bytes as UTF-8 unless told otherwise (see docs/kubernetes-facts.md): a capture stream
+needs binary-exact, copy-light reading. The official client still owns kubeconfig and auth;
+``endpoint_from_configuration`` turns its ``Configuration`` into what this module needs.
+
+Wire format (both protocols): every websocket message is binary; byte 0 is the channel
+(0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize, 255 close-a-channel, v5 only); the rest is the
+payload. Channel 3 carries one ``metav1.Status`` JSON document, the last message of the stream.
+
+Behaviour choices (callers rely on them):
+
+* ``ExecSession.run`` reads until the server closes the websocket, not just until the status
+  frame: stdout frames that arrive after the status are still delivered (kubectl issue 1361
+  lost the tail of large streams by stopping early). After the status it waits at most
+  ``status_grace`` seconds for the close, then closes itself.
+* A stream that ends without a status frame raises ``StreamLostError`` (exit status
+  STREAM_LOST) carrying an ``ExecResult`` with the byte counts received before the cut -- unless
+  the end was asked for with ``ExecSession.close()``, in which case ``run`` returns normally
+  with ``complete=False`` and ``closed_by_client=True``.
+* A failure *status* (non-zero exit, executable not found, ...) is not an exception in ``run``:
+  it is returned in ``ExecResult.status`` for the caller to classify (tcpdump's own errors mean
+  different things to different callers).
+* Environment proxy variables are NOT honoured (websockets would by default); only
+  ``ApiEndpoint.proxy`` (kubeconfig ``proxy-url``) is, and only with websockets >= 15. This
+  matches the official client's REST calls, which ignore the environment as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import socket
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from kubectl_zsniff import __version__
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+
+PROTOCOL_V5 = "v5.channel.k8s.io"
+PROTOCOL_V4 = "v4.channel.k8s.io"
+SUBPROTOCOLS = (PROTOCOL_V5, PROTOCOL_V4)
+
+CH_STDIN = 0
+CH_STDOUT = 1
+CH_STDERR = 2
+CH_STATUS = 3
+CH_RESIZE = 4
+CH_CLOSE = 255
+
+_STDIN_PREFIX = bytes([CH_STDIN])
+_CLOSE_STDIN = bytes([CH_CLOSE, CH_STDIN])
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """Where and how to reach the API server. ``headers`` carry credentials: never shown."""
+
+    base_url: str  # http(s)://host:port[/prefix]
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+    ssl_context: ssl.SSLContext | None = None
+    proxy: str | None = None  # kubeconfig proxy-url; used only with websockets >= 15
+    server_hostname: str | None = None  # kubeconfig tls-server-name (SNI and cert check)
+
+    @property
+    def host(self) -> str:
+        """``host:port`` for messages: never the path, never credentials."""
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or "?"
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        default = 443 if parts.scheme == "https" else 80
+        return f"{host}:{parts.port or default}"
+
+
+def endpoint_from_configuration(cfg: Any) -> ApiEndpoint:
+    """Build an ``ApiEndpoint`` from an official ``kubernetes.client.Configuration``.
+
+    TLS verification stays on unless the kubeconfig itself said insecure-skip-tls-verify
+    (``verify_ssl`` False). The token is read through ``get_api_key_with_prefix``, which first
+    runs ``refresh_api_key_hook`` so exec credential plugins and expired tokens are refreshed.
+    """
+    host = str(cfg.host).rstrip("/")
+    headers: dict[str, str] = {}
+    # kube_config sets api_key["BearerToken"] = "Bearer x"; in-cluster config sets
+    # api_key["authorization"] with a prefix: the alias covers both.
+    token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    if token:
+        headers["Authorization"] = token
+    elif getattr(cfg, "username", None) or getattr(cfg, "password", None):
+        basic = cfg.get_basic_auth_token()
+        if basic:
+            headers["Authorization"] = basic
+
+    ctx: ssl.SSLContext | None = None
+    if host.startswith("https://"):
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif getattr(cfg, "assert_hostname", None) is False:
+            ctx.check_hostname = False
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    return ApiEndpoint(
+        base_url=host,
+        headers=headers,
+        ssl_context=ctx,
+        proxy=getattr(cfg, "proxy", None) or None,
+        server_hostname=getattr(cfg, "tls_server_name", None) or None,
+    )
+
+
+def exec_url(
+    endpoint: ApiEndpoint,
+    namespace: str,
+    pod: str,
+    container: str | None,
+    command: Sequence[str],
+    stdin: bool,
+    stdout: bool = True,
+    stderr: bool = True,
+    tty: bool = False,
+) -> str:
+    """The ws(s):// URL of ``pods/exec``. Each argv element is its own ``command=``: no shell."""
+    if not command:
+        raise ValueError("exec needs a command")
+    parts = urlsplit(endpoint.base_url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"API server URL must be http(s)://, got scheme {parts.scheme!r}")
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    prefix = parts.path.rstrip("/")
+    ns_q = quote(namespace, safe="")
+    pod_q = quote(pod, safe="")
+    path = f"{prefix}/api/v1/namespaces/{ns_q}/pods/{pod_q}/exec"
+    query: list[tuple[str, str]] = [("command", arg) for arg in command]
+    if container:
+        query.append(("container", container))
+    # Like kubectl: only the streams asked for appear, as "true".
+    for name, wanted in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("tty", tty)):
+        if wanted:
+            query.append((name, "true"))
+    return f"{scheme}://{parts.netloc}{path}?{urlencode(query, quote_via=quote)}"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How an exec stream ended."""
+
+    exit_code: int | None  # 0 on Success, N on NonZeroExitCode, None otherwise
+    status: dict[str, Any] | None  # the Kubernetes Status from channel 3, if one came
+    bytes_stdout: int
+    bytes_stderr: int
+    complete: bool  # a status frame was seen
+    closed_by_client: bool = False  # ExecSession.close() ended the stream
+
+    @property
+    def failure_message(self) -> str | None:
+        """The Status message when the command failed or could not start, else None."""
+        if self.status is None or self.status.get("status") == "Success":
+            return None
+        return str(self.status.get("message") or self.status.get("reason") or "exec failed")
+
+
+class StreamLostError(ZsniffError):
+    """The exec stream ended before the status frame: the remote command's fate is unknown."""
+
+    status = ExitStatus.STREAM_LOST
+
+    def __init__(self, message: str, result: ExecResult, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint or "the capture file is valid up to the last whole packet received",
+        )
+        self.result = result
+
+    @property
+    def bytes_stdout(self) -> int:
+        return self.result.bytes_stdout
+
+
+class ExecFailedError(ZsniffError):
+    """A short command could not run (Status Failure other than a non-zero exit code)."""
+
+    def __init__(self, message: str, result: ExecResult, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.result = result
+
+
+def exit_code_of(status: Mapping[str, Any] | None) -> int | None:
+    """0 for Success, N for NonZeroExitCode with an ExitCode cause, None for anything else."""
+    if status is None:
+        return None
+    if status.get("status") == "Success":
+        return 0
+    if status.get("reason") != "NonZeroExitCode":
+        return None
+    details = status.get("details") or {}
+    for cause in details.get("causes") or ():
+        if isinstance(cause, Mapping) and cause.get("reason") == "ExitCode":
+            try:
+                return int(str(cause.get("message")))
+            except ValueError:
+                return None
+    return None
+
+
+def _parse_status(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    # Not a Status document (older servers sent plain text): keep the text as the message.
+    return {"status": "Failure", "message": payload.decode("utf-8", "replace").strip()}
+
+
+@functools.lru_cache(maxsize=1)
+def _connect_accepts_proxy() -> bool:
+    # The proxy argument (and the default of reading proxy variables) came in websockets 15.
+    from websockets.asyncio.client import connect
+
+    return "proxy" in inspect.signature(connect.__init__).parameters
+
+
+class ExecSession:
+    """One exec websocket: ``connect()``, then ``run()`` (and ``send_stdin`` from elsewhere).
+
+    Use as ``async with ExecSession(...) as s: result = await s.run(out, err)``.
+    """
+
+    def __init__(
+        self,
+        endpoint: ApiEndpoint,
+        namespace: str,
+        pod: str,
+        container: str | None,
+        command: Sequence[str],
+        *,
+        stdin: bool = False,
+        tty: bool = False,
+        open_timeout: float = 30.0,
+        ping_interval: float | None = 20.0,
+        # Generous: a pong queues behind megabytes of capture when the consumer is slow.
+        ping_timeout: float | None = 60.0,
+        close_timeout: float = 5.0,
+        status_grace: float = 5.0,
+        max_queue: int = 64,
+    ) -> None:
+        self.endpoint = endpoint
+        self.namespace = namespace
+        self.pod = pod
+        self.container = container
+        self.command = tuple(command)
+        self.url = exec_url(endpoint, namespace, pod, container, command, stdin=stdin, tty=tty)
+        self._open_timeout = open_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
+        self._status_grace = status_grace
+        self._max_queue = max_queue
+        self._ws: Any = None  # websockets.asyncio.client.ClientConnection once connected
+        self._closing = False
+        self.protocol: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ExecSession({self.namespace}/{self.pod} container={self.container!r} "
+            f"protocol={self.protocol!r})"
+        )
+
+    @property
+    def target(self) -> str:
+        name = f'pod "{self.namespace}/{self.pod}"'
+        return f'{name} container "{self.container}"' if self.container else name
+
+    async def __aenter__(self) -> ExecSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the websocket; handshake failures become ``ZsniffError`` with a hint."""
+        from websockets.asyncio.client import connect
+        from websockets.typing import Subprotocol
+
+        kwargs: dict[str, Any] = {
+            "subprotocols": [Subprotocol(p) for p in SUBPROTOCOLS],
+            "compression": None,  # the API server does not compress; deflate only costs CPU
+            "additional_headers": dict(self.endpoint.headers),
+            "user_agent_header": f"kubectl-zsniff/{__version__}",
+            "open_timeout": self._open_timeout,
+            "ping_interval": self._ping_interval,
+            "ping_timeout": self._ping_timeout,
+            "close_timeout": self._close_timeout,
+            "max_size": None,  # a stdout frame may be large; never fail on size
+            "max_queue": self._max_queue,
+        }
+        if _connect_accepts_proxy():
+            kwargs["proxy"] = self.endpoint.proxy
+        if self.url.startswith("wss://"):
+            kwargs["ssl"] = self.endpoint.ssl_context or ssl.create_default_context()
+            if self.endpoint.server_hostname:
+                kwargs["server_hostname"] = self.endpoint.server_hostname
+        try:
+            self._ws = await connect(self.url, **kwargs)
+        except Exception as exc:
+            mapped = _handshake_error(exc, self)
+            if mapped is None:
+                raise
+            raise mapped from None  # the cause may carry request details: keep it out
+        self.protocol = self._ws.subprotocol or PROTOCOL_V4
+        self._closing = False
+
+    async def run(
+        self,
+        on_stdout: Callable[[memoryview], object],
+        on_stderr: Callable[[bytes], object],
+    ) -> ExecResult:
+        """Deliver stdout/stderr until the server closes; return how the command ended.
+
+        ``on_stdout`` gets a memoryview into the received message (no copy): copy it if kept
+        beyond the call. Raises ``StreamLostError`` if the stream ends without a status frame
+        (unless ``close()`` was called).
+        """
+        from websockets.exceptions import ConnectionClosed
+
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("ExecSession.run() before connect()")
+        n_out = 0
+        n_err = 0
+        status: dict[str, Any] | None = None
+        recv = ws.recv
+        try:
+            # The hot loop: one branch and one memoryview per message, nothing else.
+            while status is None:
+                msg = await recv(False)
+                if not msg:
+                    continue
+                channel = msg[0]
+                if channel == CH_STDOUT:
+                    n_out += len(msg) - 1
+                    on_stdout(memoryview(msg)[1:])
+                elif channel == CH_STDERR:
+                    n_err += len(msg) - 1
+                    on_stderr(msg[1:])
+                elif channel == CH_STATUS:
+                    status = _parse_status(msg[1:])
+                # CH_CLOSE (v5: the server closed one of its channels) and unknown channels
+                # need no action: the status frame and the websocket close end the stream.
+            # Status seen: drain whatever still comes until the close, but not forever.
+            while True:
+                msg = await asyncio.wait_for(recv(False), self._status_grace)
+                if msg and msg[0] == CH_STDOUT:
+                    n_out += len(msg) - 1
+                    on_stdout(memoryview(msg)[1:])
+                elif msg and msg[0] == CH_STDERR:
+                    n_err += len(msg) - 1
+                    on_stderr(msg[1:])
+        except ConnectionClosed as exc:
+            if status is None and not self._closing:
+                result = ExecResult(None, None, n_out, n_err, complete=False)
+                raise StreamLostError(
+                    f"the exec stream from {self.target} ended before the command did, "
+                    f"after {n_out} bytes of output ({_close_text(exc)})",
+                    result,
+                ) from None
+        except (asyncio.TimeoutError, TimeoutError):
+            # The status came but the server kept the socket open: nothing more is due.
+            await self.close()
+        return ExecResult(
+            exit_code_of(status),
+            status,
+            n_out,
+            n_err,
+            complete=status is not None,
+            closed_by_client=self._closing and status is None,
+        )
+
+    async def send_stdin(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes to the command's stdin (the session must have been opened with stdin)."""
+        if self._ws is None:
+            raise RuntimeError("ExecSession.send_stdin() before connect()")
+        await self._ws.send(_STDIN_PREFIX + bytes(data))
+
+    async def close_stdin(self) -> bool:
+        """Signal EOF on stdin. Returns False on v4, which has no way to do it (only closing
+        the whole websocket does, which also ends stdout)."""
+        if self._ws is None:
+            raise RuntimeError("ExecSession.close_stdin() before connect()")
+        if self.protocol != PROTOCOL_V5:
+            return False
+        await self._ws.send(_CLOSE_STDIN)
+        return True
+
+    async def close(self) -> None:
+        """Close the websocket cleanly; a ``run()`` in another task then returns promptly.
+
+        Idempotent. Ephemeral containers get no EOF from this: the remote command keeps
+        running unless it stops by itself or is killed.
+        """
+        ws = self._ws
+        if ws is None:
+            return
+        self._closing = True
+        await ws.close()
+
+
+def _close_text(exc: Exception) -> str:
+    rcvd = getattr(exc, "rcvd", None)
+    if rcvd is None:
+        return "connection dropped without a close frame"
+    reason = f": {rcvd.reason}" if rcvd.reason else ""
+    return f"closed with code {rcvd.code}{reason}"
+
+
+def _status_body(body: bytes | bytearray | None) -> tuple[str, str]:
+    """(message, reason) from an error response body: a Kubernetes Status, or plain text."""
+    if not body:
+        return "", ""
+    try:
+        doc = json.loads(bytes(body))
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        return str(doc.get("message") or ""), str(doc.get("reason") or "")
+    text = bytes(body).decode("utf-8", "replace").strip()
+    return text[:500], ""
+
+
+_NOT_RUNNING_WORDS = (
+    "does not have a host assigned",
+    "completed pod",
+    "not running",
+    "pending",
+    "containercreating",
+)
+
+
+def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | None:
+    """Map a failed websocket handshake to the project's error family (None: not ours)."""
+    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+    host = session.endpoint.host
+    ns = session.namespace
+    if isinstance(exc, InvalidStatus):
+        code = exc.response.status_code
+        message, reason = _status_body(exc.response.body)
+        if code == 401:
+            return ZsniffError(
+                f"the API server {host} rejected the credentials (HTTP 401)",
+                "check the user in your kubeconfig: the token or client certificate may have "
+                "expired (try `kubectl get pods` to re-authenticate)",
+                status=ExitStatus.UNAUTHORIZED,
+            )
+        if code == 403:
+            return ZsniffError(
+                message or f'forbidden: cannot create resource "pods/exec" in namespace {ns}',
+                f"check your permissions: kubectl auth can-i create pods/exec -n {ns}",
+                status=ExitStatus.FORBIDDEN,
+            )
+        low = message.lower()
+        if code == 404 or reason == "NotFound":
+            return ZsniffError(
+                message or f"{session.target} not found (HTTP 404)",
+                f"check the names: kubectl get pods -n {ns}",
+                status=ExitStatus.NOT_FOUND,
+            )
+        if code == 400 or 400 <= code < 500:
+            if any(w in low for w in _NOT_RUNNING_WORDS):
+                status = ExitStatus.POD_NOT_RUNNING
+                hint = f"check the pod's state: kubectl get pod {session.pod} -n {ns}"
+            elif "not valid for pod" in low or "not found" in low:
+                status = ExitStatus.NOT_FOUND
+                hint = f"list the containers: kubectl get pod {session.pod} -n {ns} -o yaml"
+            else:
+                status = ExitStatus.ERROR
+                hint = ""
+            return ZsniffError(
+                message or f"the API server refused to exec in {session.target} (HTTP {code})",
+                hint,
+                status=status,
+            )
+        if code >= 500:
+            if "container not found" in low:
+                return ZsniffError(
+                    message,
+                    f"is the container running? kubectl get pod {session.pod} -n {ns}",
+                    status=ExitStatus.NOT_FOUND,
+                )
+            detail = f": {message}" if message else ""
+            return ZsniffError(
+                f"the API server {host} failed the exec request (HTTP {code}){detail}",
+                "the API server or the node's kubelet may be overloaded or restarting; retry",
+                status=ExitStatus.UNREACHABLE,
+            )
+        return ZsniffError(
+            f"the API server {host} answered HTTP {code} instead of upgrading to a websocket",
+            "is the kubeconfig server URL the API server itself (not a proxy or dashboard)?",
+            status=ExitStatus.ERROR,
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ZsniffError(
+            f"TLS certificate verification failed for the API server {host}: "
+            f"{exc.verify_message or exc.reason}",
+            "check certificate-authority(-data) and tls-server-name of the cluster in your "
+            "kubeconfig",
+            status=ExitStatus.UNREACHABLE,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return ZsniffError(
+            f"TLS handshake with the API server {host} failed: {exc.reason or exc}",
+            "check that the kubeconfig server URL uses the right scheme (https) and port",
+            status=ExitStatus.UNREACHABLE,
+        )
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ZsniffError(
+            f"timed out connecting to the API server {host}",
+            "check the network path to the cluster (VPN, firewall) and the server URL",
+            status=ExitStatus.UNREACHABLE,
+        )
+    if isinstance(exc, socket.gaierror):
+        return ZsniffError(
+            f"cannot resolve the API server host {host}",
+            "check the server URL in your kubeconfig and your DNS",
+            status=ExitStatus.UNREACHABLE,
+        )
+    if isinstance(exc, OSError):
+        what = exc.strerror or type(exc).__name__
+        return ZsniffError(
+            f"cannot connect to the API server {host}: {what}",
+            "is the cluster running and the kubeconfig server URL right?",
+            status=ExitStatus.UNREACHABLE,
+        )
+    if isinstance(exc, InvalidURI):
+        return ZsniffError(
+            f"invalid API server URL for {host}", "check the server URL in your kubeconfig"
+        )
+    if isinstance(exc, (InvalidHandshake, EOFError)):
+        return ZsniffError(
+            f"the API server {host} did not complete the websocket handshake "
+            f"({type(exc).__name__})",
+            "is the kubeconfig server URL the API server itself, with the right scheme?",
+            status=ExitStatus.UNREACHABLE,
+        )
+    return None
+
+
+async def exec_capture_output(
+    endpoint: ApiEndpoint,
+    namespace: str,
+    pod: str,
+    container: str | None,
+    command: Sequence[str],
+    *,
+    timeout: float = 30.0,
+    stdin_data: bytes | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run a short command (e.g. ``kill -0 PID``) and return (exit_code, stdout, stderr).
+
+    Raises ``ExecFailedError`` if the command could not run at all (e.g. executable not found),
+    ``StreamLostError`` if the stream was cut, ``ZsniffError(UNREACHABLE)`` on timeout.
+    """
+    out = bytearray()
+    err = bytearray()
+    session = ExecSession(
+        endpoint,
+        namespace,
+        pod,
+        container,
+        command,
+        stdin=stdin_data is not None,
+        open_timeout=timeout,
+    )
+
+    async def _go() -> ExecResult:
+        async with session:
+            if stdin_data is not None:
+                await session.send_stdin(stdin_data)
+                await session.close_stdin()
+            return await session.run(out.extend, err.extend)
+
+    try:
+        result = await asyncio.wait_for(_go(), timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ZsniffError(
+            f"`{' '.join(command)}` in {session.target} did not finish within {timeout:g} s",
+            "the API server or the node may be slow; retry",
+            status=ExitStatus.UNREACHABLE,
+        ) from None
+    if result.exit_code is None:
+        raise ExecFailedError(
+            f"cannot run `{' '.join(command)}` in {session.target}: "
+            f"{result.failure_message or 'no exit status'}",
+            result,
+        )
+    return result.exit_code, bytes(out), bytes(err)
