@@ -1,0 +1,236 @@
+"""Zeek run locally on the live capture stream; its logs get pod names when the capture ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ..errors import ExitStatus, ZsniffError
+from ..namemap import NameSource
+from ..zeeklog import FileSummary, enrich_directory
+
+# Where Zeek's own packages and source builds install it; neither is on PATH by default.
+ZEEK_DIRS: tuple[str, ...] = ("/usr/local/zeek/bin", "/opt/zeek/bin")
+
+INSTALL_HINT = (
+    "install Zeek (https://docs.zeek.org/en/current/install.html: packages `zeek` or "
+    "`zeek-lts`, macOS `brew install zeek`), put its bin directory on PATH or set ZEEK_HOME "
+    "to its install prefix; or capture to a file with -w and run Zeek on it later"
+)
+
+STDOUT_NAME = "zeek.stdout"
+STDERR_NAME = "zeek.stderr"
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_zeek(
+    environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = ZEEK_DIRS
+) -> str:
+    """The zeek program: $ZEEK_HOME/bin first (an explicit choice), then PATH, then the
+    usual install prefixes. Raises a TOOL_MISSING ZsniffError with an install hint."""
+    env = os.environ if environ is None else environ
+    home = env.get("ZEEK_HOME")
+    if home:
+        for candidate in (Path(home) / "bin" / "zeek", Path(home) / "zeek"):
+            if _executable(candidate):
+                return str(candidate)
+    found = shutil.which("zeek", path=env.get("PATH", ""))
+    if found:
+        return found
+    for directory in extra_dirs:
+        candidate = Path(directory) / "zeek"
+        if _executable(candidate):
+            return str(candidate)
+    raise ZsniffError(
+        "Zeek is not installed (not on PATH, in $ZEEK_HOME, nor in /usr/local/zeek or /opt/zeek)",
+        INSTALL_HINT,
+        ExitStatus.TOOL_MISSING,
+    )
+
+
+def zeek_argv(executable: str, extra: Sequence[str] = ()) -> list[str]:
+    # -C: captures on veth/offloading NICs carry checksums the kernel never filled in; without
+    #     it Zeek drops those packets as corrupt and the logs come out nearly empty.
+    # -r -: trace mode on standard input: Zeek's clock follows packet times and it stops at EOF.
+    #       (`-r /dev/stdin` misbehaves on Zeek >= 8.2.)
+    # `extra` (scripts such as `local`, `-e 'redef ...'`) comes last, as Zeek expects scripts.
+    return [executable, "-C", "-r", "-", *extra]
+
+
+@dataclass
+class ZeekSummary:
+    directory: Path
+    returncode: int | None
+    bytes_written: int
+    files: list[FileSummary] = field(default_factory=list)
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            return fh.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+class ZeekSink:
+    """Feeds the capture to `zeek -C -r -` running in `directory`, then names its logs."""
+
+    # Zeek reads through libpcap: tcpdump's classic pcap always works; pcapng only for one
+    # link type on Zeek < 8.2, and Zeek ignores our name blocks anyway.
+    fmt = "pcap"
+    label = "Zeek"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        namemap: NameSource | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        executable: str | None = None,
+        wait_timeout: float = 120.0,
+        fmt: str = "pcap",
+    ) -> None:
+        self.directory = Path(directory)
+        self.namemap = namemap
+        self.wait_timeout = wait_timeout
+        self.fmt = fmt
+        # Resolved now so a missing Zeek fails before the capture starts, not after.
+        self.argv = zeek_argv(executable or find_zeek(), extra_args)
+        self.bytes_written = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stdin: IO[bytes] | None = None
+        self._summary: ZeekSummary | None = None
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.directory / STDERR_NAME
+
+    def start(self) -> None:
+        if self._proc is not None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with (
+                open(self.directory / STDOUT_NAME, "wb") as out,
+                open(self.stderr_path, "wb") as err,
+            ):
+                # Own session: Ctrl-C must stop the capture, not Zeek; closing its stdin then
+                # lets Zeek finish the packets already sent and write complete logs.
+                self._proc = subprocess.Popen(
+                    self.argv,
+                    cwd=self.directory,
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=err,
+                    bufsize=0,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise ZsniffError(
+                f"cannot start Zeek ({self.argv[0]}) in {self.directory}: {exc.strerror or exc}",
+                INSTALL_HINT if isinstance(exc, FileNotFoundError) else "",
+                ExitStatus.TOOL_MISSING
+                if isinstance(exc, FileNotFoundError)
+                else ExitStatus.OUTPUT_ERROR,
+            ) from exc
+        self._stdin = self._proc.stdin
+
+    def write(self, data: bytes) -> None:
+        if self._summary is not None:
+            raise ZsniffError("the Zeek sink is already closed", status=ExitStatus.ERROR)
+        self.start()
+        stdin = self._stdin
+        assert stdin is not None
+        view = memoryview(data)
+        try:
+            while view:
+                # Unbuffered pipe: a write may be partial; Zeek must get every byte in order.
+                n = stdin.write(view)
+                view = view[n or 0 :]
+        except (BrokenPipeError, ConnectionResetError, ValueError) as exc:
+            raise self._died_error() from exc
+        self.bytes_written += len(data)
+
+    def _died_error(self) -> ZsniffError:
+        proc = self._proc
+        code = None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=5)
+        self._close_stdin()
+        return ZsniffError(
+            f"Zeek exited while receiving packets (exit status {code})" + self._stderr_suffix(),
+            f"see {self.stderr_path}; check the Zeek scripts and options given",
+            ExitStatus.OUTPUT_ERROR,
+        )
+
+    def _stderr_suffix(self) -> str:
+        tail = _tail(self.stderr_path)
+        return f": {tail.splitlines()[-1]}" if tail else ""
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._stdin.close()
+            self._stdin = None
+
+    def close(self) -> ZeekSummary:
+        """End of capture: let Zeek finish, check it succeeded, add names to its logs."""
+        if self._summary is not None:
+            return self._summary
+        proc = self._proc
+        summary = ZeekSummary(self.directory, None, self.bytes_written)
+        self._summary = summary
+        if proc is None:
+            return summary  # nothing was captured: Zeek never ran
+        self._close_stdin()
+        timed_out = False
+        try:
+            proc.wait(timeout=self.wait_timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.terminate()  # Zeek flushes its logs on SIGTERM
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        summary.returncode = proc.returncode
+        # Names go on whatever Zeek wrote even when it failed: partial logs still help.
+        if self.namemap is not None:
+            summary.files = enrich_directory(self.directory, self.namemap)
+        if timed_out:
+            raise ZsniffError(
+                f"Zeek did not finish within {self.wait_timeout:g}s after the capture ended "
+                "and was stopped; its logs may be incomplete",
+                f"see {self.stderr_path}; heavy scripts may need a longer wait",
+                ExitStatus.OUTPUT_ERROR,
+            )
+        if proc.returncode != 0:
+            raise ZsniffError(
+                f"Zeek failed (exit status {proc.returncode})" + self._stderr_suffix(),
+                f"see {self.stderr_path}",
+                ExitStatus.OUTPUT_ERROR,
+            )
+        return summary
+
+    def abort(self) -> None:
+        """Stop Zeek at once without touching its logs (the capture itself failed)."""
+        self._close_stdin()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        code = self._proc.returncode if self._proc is not None else None
+        self._summary = ZeekSummary(self.directory, code, self.bytes_written)
