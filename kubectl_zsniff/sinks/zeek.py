@@ -33,7 +33,7 @@ def _executable(path: Path) -> bool:
 
 
 def find_zeek(
-    environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = ZEEK_DIRS
+    environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] | None = None
 ) -> str:
     """The zeek program: $ZEEK_HOME/bin first (an explicit choice), then PATH, then the
     usual install prefixes. Raises a TOOL_MISSING ZsniffError with an install hint."""
@@ -46,7 +46,7 @@ def find_zeek(
     found = shutil.which("zeek", path=env.get("PATH", ""))
     if found:
         return found
-    for directory in extra_dirs:
+    for directory in ZEEK_DIRS if extra_dirs is None else extra_dirs:
         candidate = Path(directory) / "zeek"
         if _executable(candidate):
             return str(candidate)
