@@ -1,0 +1,400 @@
+"""Command line: flags in, Options out, errors rendered once. Keep imports here light: --help
+must stay fast, so the kubernetes client, rich and pyshark load only when a command runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ExitStatus, ZsniffError
+from .options import (
+    DEFAULT_IMAGE,
+    DEFAULT_SNAPLEN,
+    CaptureLimits,
+    CaptureOptions,
+    InjectOptions,
+    KubeOptions,
+    OutputFormat,
+    OutputOptions,
+    TargetOptions,
+    TcpdumpOptions,
+)
+
+CAPTURE_EXAMPLES = """
+\b
+Examples:
+  # Capture a pod into a pcapng file with pod names inside; stop with Ctrl-C
+  kubectl zsniff web-7d4b9 -n shop -w web.pcapng
+\b
+  # Only DNS, 30 seconds, then read it with names
+  kubectl zsniff web-7d4b9 -n shop -d 30s -w dns.pcapng port 53
+  tshark -r dns.pcapng -N n
+\b
+  # Live in Wireshark (names on), or in the terminal
+  kubectl zsniff web-7d4b9 --wireshark
+  kubectl zsniff web-7d4b9 --view
+\b
+  # Pipe to another tool; classic pcap for old readers
+  kubectl zsniff web-7d4b9 -w - | tshark -r - -N n
+  kubectl zsniff web-7d4b9 --format pcap -w - | tcpdump -r -
+\b
+  # Zeek on the live stream, logs enriched with orig_pod/resp_pod
+  kubectl zsniff web-7d4b9 --zeek ./zeek-logs
+\b
+Offline: kubectl zsniff view FILE | convert IN OUT | hosts | enrich LOG...
+"""
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `5m`, `1h30m`, `1.5s` -> seconds (kubectl's --request-timeout style)."""
+    match = _DURATION.match(text.strip())
+    if not match or not text.strip():
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1h)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def parse_size(text: str) -> int:
+    """`1000`, `10k`, `100M`, `1G`, `64MiB` -> bytes (k/M/G are powers of 1000, Ki/Mi of 1024)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 100M, 1G, 64MiB)")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    return int(float(number) * ((1024 if binary else 1000) ** power))
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+SIZE = _Size()
+OFFLINE_COMMANDS = ("view", "convert", "hosts", "enrich")
+
+
+class ZsniffGroup(click.Group):
+    """`kubectl zsniff POD ...` captures; `kubectl zsniff view|convert|hosts|enrich` are offline.
+
+    A pod named like a subcommand is reached as pod/NAME.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = next((a for a in args if not a.startswith("-")), None)
+        wants_help = any(a in ("--help", "-h") for a in args)
+        if (
+            not (wants_help and first is None)
+            and "--version" not in args
+            and (first is None or first not in self.commands)
+        ):
+            args = ["capture", *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        capture_cmd = self.commands["capture"]
+        with click.Context(capture_cmd, info_name=ctx.info_name, parent=None) as sub:
+            capture_cmd.format_help(sub, formatter)
+
+
+@click.group(
+    cls=ZsniffGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=False,
+)
+@click.version_option(
+    __version__, "--version", prog_name="kubectl-zsniff", message="%(prog)s %(version)s"
+)
+def cli() -> None:
+    """Capture a Kubernetes pod's traffic with pod names inside the capture."""
+
+
+def _kube_options(func: Any) -> Any:
+    decorators = [
+        click.option("-n", "--namespace", help="Namespace of the pod (default: the context's)."),
+        click.option(
+            "--kubeconfig",
+            type=click.Path(dir_okay=False),
+            help="Path of the kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
+        ),
+        click.option("--context", help="The kubeconfig context to use."),
+        click.option(
+            "--request-timeout",
+            type=DURATION,
+            default=None,
+            help="Timeout of each API request, e.g. 30s.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+@cli.command(
+    "capture", epilog=CAPTURE_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.argument("pod", metavar="POD")
+@click.argument("filter_words", nargs=-1, metavar="[BPF FILTER...]")
+@_kube_options
+@click.option("-c", "--container", help="Container whose network to capture (default: first).")
+@click.option(
+    "-i",
+    "--interface",
+    default="eth0",
+    show_default=True,
+    help="Interface inside the pod; `any` adds loopback (LINUX_SLL2 link type).",
+)
+@click.option(
+    "-f",
+    "--filter",
+    "bpf_filter",
+    default="",
+    help="BPF capture filter (or give it as trailing words).",
+)
+@click.option(
+    "-s",
+    "--snaplen",
+    type=click.IntRange(0, 262144),
+    default=DEFAULT_SNAPLEN,
+    show_default=True,
+    help="Bytes kept of each packet (tcpdump -s).",
+)
+@click.option(
+    "--count",
+    "packet_count",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop after this many packets.",
+)
+@click.option(
+    "-d", "--duration", type=DURATION, default=None, help="Stop after this long, e.g. 30s, 5m."
+)
+@click.option(
+    "--max-size",
+    type=SIZE,
+    default=None,
+    help="Stop before the output grows past this size, e.g. 100M.",
+)
+@click.option(
+    "-w",
+    "--write",
+    "write_path",
+    metavar="FILE|-",
+    default=None,
+    help="Write to FILE (.pcapng by default, .pcap for classic) or - for stdout.",
+)
+@click.option(
+    "--output-file",
+    "write_path_alias",
+    metavar="FILE|-",
+    default=None,
+    hidden=True,
+    help="ksniff's name for -w.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pcapng", "pcap"]),
+    default=None,
+    help="Output format (default: from the file name, else pcapng).",
+)
+@click.option("--wireshark", is_flag=True, help="Open a live Wireshark with pod names on.")
+@click.option("--wireshark-path", default=None, help="Path of the Wireshark executable.")
+@click.option(
+    "--zeek",
+    "zeek_dir",
+    default=None,
+    is_flag=False,
+    flag_value="zeek-logs",
+    metavar="[DIR]",
+    help="Run local Zeek on the stream; logs (named) in DIR.",
+)
+@click.option("--zeek-script", multiple=True, help="Extra Zeek script or option (repeatable).")
+@click.option("--view", is_flag=True, help="Show packets in the terminal with pod names.")
+@click.option("--no-names", is_flag=True, help="Do not look up pod, service and node names.")
+@click.option(
+    "--image",
+    "--tcpdump-image",
+    default=DEFAULT_IMAGE,
+    show_default=True,
+    help="Image of the capture container (needs sh and tcpdump).",
+)
+@click.option(
+    "--privileged", is_flag=True, help="Run the capture container privileged (only if you must)."
+)
+@click.option(
+    "--no-promiscuous",
+    is_flag=True,
+    help="Do not put the interface in promiscuous mode (tcpdump -p).",
+)
+@click.option(
+    "--start-timeout",
+    "--pod-creation-timeout",
+    type=DURATION,
+    default=120.0,
+    help="How long to wait for the capture container, e.g. 2m.  [default: 2m]",
+)
+@click.option(
+    "--idle-lifetime",
+    type=DURATION,
+    default=600.0,
+    help="The capture container exits this long after its last capture. [default: 10m]",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+def capture_command(**kw: Any) -> None:
+    """Capture the traffic of POD (or pod/POD) into a pcapng file, stdout, Wireshark, Zeek or
+    the terminal. Pod, service and node addresses appear as their names."""
+    opts = build_capture_options(**kw)
+    reporter = _make_reporter(kw["quiet"])
+    status = _run(lambda: _capture(opts, reporter), kw["debug"], reporter)
+    sys.exit(status)
+
+
+def build_capture_options(**kw: Any) -> CaptureOptions:
+    pod = kw["pod"]
+    if "/" in pod:
+        kind, _, name = pod.partition("/")
+        if kind not in ("pod", "pods", "po") or not name:
+            raise click.BadParameter(
+                f"only pods can be captured for now, not {kind!r}", param_hint="POD"
+            )
+        pod = name
+    filter_text = kw["bpf_filter"]
+    if kw["filter_words"]:
+        if filter_text:
+            raise click.UsageError("give the filter with -f or as trailing words, not both")
+        filter_text = " ".join(kw["filter_words"])
+    write = kw["write_path"] or kw["write_path_alias"]
+    path = Path(write) if write else None
+    zeek_dir = Path(kw["zeek_dir"]) if kw["zeek_dir"] else None
+    if path is None and not (kw["wireshark"] or zeek_dir or kw["view"]):
+        # Nothing asked: a pipe gets the stream, a terminal gets a file named after the pod.
+        if not sys.stdout.isatty():
+            path = Path("-")
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path(f"{pod}-{stamp}.pcapng")
+    from .session import output_format_for
+
+    fmt = output_format_for(path, OutputFormat(kw["fmt"]) if kw["fmt"] else None)
+    if kw["view"] and path is not None and str(path) == "-":
+        raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
+    return CaptureOptions(
+        kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
+        target=TargetOptions(pod, kw["container"]),
+        inject=InjectOptions(
+            kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
+        ),
+        tcpdump=TcpdumpOptions(
+            kw["interface"], kw["snaplen"], filter_text, not kw["no_promiscuous"]
+        ),
+        limits=CaptureLimits(kw["packet_count"], kw["duration"], kw["max_size"]),
+        output=OutputOptions(
+            path,
+            fmt,
+            kw["wireshark"],
+            kw["wireshark_path"],
+            zeek_dir,
+            tuple(kw["zeek_script"]),
+            kw["view"],
+        ),
+        names=not kw["no_names"],
+    )
+
+
+def _capture(opts: CaptureOptions, reporter: Any) -> int:
+    from .session import run_capture
+
+    summary = run_capture(opts, reporter)
+    reporter.finish()
+    reporter.summary(summary, opts)
+    if summary.error is not None:
+        reporter.error(summary.error)
+    return int(summary.exit_status)
+
+
+def _make_reporter(quiet: bool) -> Any:
+    from .console import ConsoleReporter
+
+    return ConsoleReporter(quiet=quiet)
+
+
+def _run(action: Any, debug: bool, reporter: Any) -> int:
+    """Run a command; every failure becomes one line, a hint and its exit status."""
+    try:
+        return int(action())
+    except ZsniffError as err:
+        reporter.finish()
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        reporter.error(err)
+        return int(err.status)
+    except KeyboardInterrupt:
+        reporter.finish()
+        reporter.error(
+            ZsniffError(
+                "interrupted before the capture started",
+                "a capture container already injected exits by itself after --idle-lifetime",
+                ExitStatus.INTERRUPTED,
+            )
+        )
+        return int(ExitStatus.INTERRUPTED)
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        reporter.finish()
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        reporter.error(
+            ZsniffError(
+                f"unexpected error: {type(exc).__name__}: {exc}",
+                "run again with --debug for a traceback, and please report it",
+                ExitStatus.ERROR,
+            )
+        )
+        return int(ExitStatus.ERROR)
+
+
+def main() -> None:
+    # A broken stdout pipe ends the capture cleanly; Python must not print its own error.
+    try:
+        cli(prog_name=_prog_name())
+    except BrokenPipeError:
+        sys.exit(int(ExitStatus.READER_CLOSED))
+
+
+def _prog_name() -> str:
+    base = os.path.basename(sys.argv[0] or "kubectl-zsniff")
+    return "kubectl zsniff" if base.startswith("kubectl-") or base == "__main__.py" else base

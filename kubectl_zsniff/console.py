@@ -1,0 +1,108 @@
+"""Everything the user reads on stderr: progress, the live status line, the summary, errors.
+
+stdout may carry capture bytes, so nothing here ever writes to it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from .errors import ZsniffError
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class ConsoleReporter:
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.interactive = self.stream.isatty() and not quiet
+        self._live: Any = None
+        self._console: Any = None
+
+    def _rich(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        return self._console
+
+    def progress(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.interactive:
+            self._rich().print(f"[dim]zsniff:[/dim] {message}")
+        else:
+            print(f"zsniff: {message}", file=self.stream, flush=True)
+
+    def stats(self, packets: int, data_bytes: int, elapsed: float) -> None:
+        if not self.interactive:
+            return
+        from rich.live import Live
+        from rich.text import Text
+
+        rate = data_bytes / elapsed if elapsed > 0 else 0.0
+        line = Text.assemble(
+            ("capturing ", "bold green"),
+            f"{packets:,} packets, {human_bytes(data_bytes)}, {human_bytes(rate)}/s, "
+            f"{elapsed:.0f} s   (Ctrl-C stops)",
+        )
+        if self._live is None:
+            self._live = Live(line, console=self._rich(), transient=True, auto_refresh=False)
+            self._live.start()
+        self._live.update(line, refresh=True)
+
+    def finish(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def summary(self, summary: Any, opts: Any) -> None:
+        if self.quiet:
+            return
+        td = summary.tcpdump
+        pod = f"{summary.pod.namespace}/{summary.pod.name}"
+        parts = [
+            f"{summary.packets:,} packets ({human_bytes(summary.data_bytes)}) from {pod} "
+            f"in {summary.seconds:.1f} s; stopped: {summary.reason.value}",
+        ]
+        if td.dropped is not None:
+            parts.append(f"{td.dropped} dropped by the kernel")
+        if summary.remote_stopped is True:
+            parts.append("tcpdump stopped in the pod (verified)")
+        elif summary.remote_stopped is False:
+            parts.append("WARNING: tcpdump may still run in the pod")
+        out = opts.output
+        if out.path is not None and not out.to_stdout:
+            parts.append(f"wrote {out.path} ({out.fmt.value})")
+        for label, result in summary.sink_results:
+            text = _sink_result_text(label, result)
+            if text:
+                parts.append(text)
+        if summary.closed_sinks:
+            parts.append("closed by the reader: " + ", ".join(summary.closed_sinks))
+        message = "; ".join(parts)
+        for note in summary.notes:
+            message += f"\nzsniff: {note}"
+        print(f"zsniff: {message}", file=self.stream, flush=True)
+
+    def error(self, err: ZsniffError) -> None:
+        print(f"error: {err.message}", file=self.stream, flush=True)
+        if err.hint:
+            print(f"hint: {err.hint}", file=self.stream, flush=True)
+
+
+def _sink_result_text(label: str, result: Any) -> str:
+    if result is None or isinstance(result, int):
+        return ""
+    text = getattr(result, "describe", None)
+    if callable(text):
+        return f"{label}: {text()}"
+    return f"{label}: {result}"

@@ -1,0 +1,393 @@
+"""The capture container: its spec (pure), injection as an ephemeral container, waiting, reuse."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ExitStatus, ZsniffError
+from .kube import KubeClient
+from .options import InjectOptions
+
+CONTAINER_PREFIX = "zsniff-"
+CAPTURE_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
+PSA_LABEL = "pod-security.kubernetes.io/enforce"
+
+# The container's main process: it lives while a capture touches its heartbeat file and exits
+# IDLE seconds after the last touch, so a vanished laptop never leaves it running for long.
+LIFETIME_SCRIPT = (
+    'hb="/tmp/.$1"; touch "$hb"; '
+    'while [ $(( $(date +%s) - $(date -r "$hb" +%s) )) -lt "$2" ]; do sleep 2; done'
+)
+
+# Runs tcpdump with the user's arguments as "$@" (never interpolated by a shell). It reports
+# tcpdump's PID, keeps the heartbeat fresh while tcpdump lives, and stops tcpdump when stdin
+# closes: that is how a client (or the node, when the client vanishes) ends the capture.
+CAPTURE_SCRIPT = (
+    'hb="/tmp/.$1"; shift; '
+    'echo "zsniff-pid $$" >&2; '
+    "exec 3<&0; "
+    "( cat <&3 >/dev/null; kill -TERM $$ 2>/dev/null ) >/dev/null 2>&1 & "
+    '( while kill -0 $$ 2>/dev/null; do touch "$hb"; sleep 2; done ) </dev/null >/dev/null 2>&1 & '
+    'exec tcpdump "$@" 3<&-'
+)
+
+
+@dataclass(frozen=True)
+class CaptureContainer:
+    name: str
+    reused: bool
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    node: str
+    containers: tuple[str, ...]
+    phase: str
+    pod_ips: tuple[str, ...]
+
+
+def capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
+    return ["sh", "-c", CAPTURE_SCRIPT, "zsniff", container_name, *tcpdump_args]
+
+
+def container_spec(
+    name: str,
+    image: str,
+    target_container: str,
+    capabilities: tuple[str, ...],
+    privileged: bool,
+    idle_lifetime: int,
+) -> dict[str, Any]:
+    """The ephemeral container, as `kubectl debug` would send it."""
+    security: dict[str, Any] = {}
+    if capabilities:
+        security["capabilities"] = {"add": list(capabilities)}
+    if privileged:
+        security["privileged"] = True
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "command": ["sh", "-c", LIFETIME_SCRIPT, "zsniff", name, str(idle_lifetime)],
+        "targetContainerName": target_container,
+        "resources": {},
+        "terminationMessagePolicy": "File",
+        "imagePullPolicy": "IfNotPresent",
+        "stdin": False,
+        "tty": False,
+    }
+    if security:
+        spec["securityContext"] = security
+    return spec
+
+
+def plan_capabilities(psa_level: str | None, privileged: bool) -> tuple[str, ...]:
+    """Which capabilities to add: only where the namespace's PodSecurity level allows them."""
+    if privileged:
+        return ()
+    if psa_level in ("baseline", "restricted"):
+        # baseline forbids NET_RAW/NET_ADMIN; containerd's default set still has NET_RAW.
+        return ()
+    return CAPTURE_CAPABILITIES
+
+
+def restricted_error(namespace: str) -> ZsniffError:
+    return ZsniffError(
+        f'namespace "{namespace}" enforces PodSecurity "restricted": '
+        "no container there may capture packets",
+        "capture from a namespace at the baseline or privileged level, or ask an admin to "
+        f"relabel it: kubectl label ns {namespace} {PSA_LABEL}=baseline --overwrite",
+        ExitStatus.POD_SECURITY,
+    )
+
+
+def get_pod(kube: KubeClient, namespace: str, name: str) -> Any:
+    try:
+        return kube.call(
+            f'get pod "{name}" in namespace "{namespace}"',
+            kube.core.read_namespaced_pod,
+            name,
+            namespace,
+        )
+    except ZsniffError as err:
+        if err.status == ExitStatus.NOT_FOUND:
+            raise ZsniffError(
+                f'pod "{name}" not found in namespace "{namespace}"',
+                f"list the pods with: kubectl get pods -n {namespace}",
+                ExitStatus.NOT_FOUND,
+            ) from err
+        raise
+
+
+def describe_pod(pod: Any) -> PodInfo:
+    status = pod.status
+    ips = tuple(p.ip for p in (status.pod_i_ps or []) if p.ip) or (
+        (status.pod_ip,) if status.pod_ip else ()
+    )
+    return PodInfo(
+        namespace=pod.metadata.namespace,
+        name=pod.metadata.name,
+        node=pod.spec.node_name or "",
+        containers=tuple(c.name for c in pod.spec.containers),
+        phase=status.phase or "Unknown",
+        pod_ips=ips,
+    )
+
+
+def check_capturable(info: PodInfo, container: str | None) -> str:
+    """Return the container whose namespaces the capture shares, or explain why not."""
+    if info.phase in ("Succeeded", "Failed"):
+        raise ZsniffError(
+            f'pod "{info.name}" has finished ({info.phase}): there is no traffic to capture',
+            "capture a running pod (kubectl get pods)",
+            ExitStatus.POD_NOT_RUNNING,
+        )
+    if info.phase != "Running":
+        raise ZsniffError(
+            f'pod "{info.name}" is not running yet (phase {info.phase})',
+            f"wait for it: kubectl wait --for=condition=Ready pod/{info.name} -n {info.namespace}",
+            ExitStatus.POD_NOT_RUNNING,
+        )
+    if container is None:
+        return info.containers[0]
+    if container not in info.containers:
+        raise ZsniffError(
+            f'container "{container}" not found in pod "{info.name}"',
+            "its containers are: " + ", ".join(info.containers),
+            ExitStatus.NOT_FOUND,
+        )
+    return container
+
+
+def namespace_psa_level(kube: KubeClient, namespace: str) -> str | None:
+    """The enforced PodSecurity level, or None when unlabelled or not readable by this user."""
+    try:
+        ns = kube.call("get namespace", kube.core.read_namespace, namespace)
+    except ZsniffError as err:
+        if err.status in (ExitStatus.FORBIDDEN, ExitStatus.NOT_FOUND):
+            return None
+        raise
+    labels = (ns.metadata.labels if ns.metadata else None) or {}
+    level = labels.get(PSA_LABEL)
+    return str(level) if level else None
+
+
+def find_reusable(pod: Any, image: str) -> str | None:
+    """A running zsniff container of the same image already in the pod."""
+    specs = {c.name: c for c in (pod.spec.ephemeral_containers or [])}
+    for status in pod.status.ephemeral_container_statuses or []:
+        spec = specs.get(status.name)
+        if (
+            spec is not None
+            and status.name.startswith(CONTAINER_PREFIX)
+            and spec.image == image
+            and status.state is not None
+            and status.state.running is not None
+        ):
+            return str(status.name)
+    return None
+
+
+Progress = Callable[[str], None]
+
+
+def ensure_capture_container(
+    kube: KubeClient,
+    pod: Any,
+    target_container: str,
+    opts: InjectOptions,
+    progress: Progress,
+) -> CaptureContainer:
+    namespace, pod_name = pod.metadata.namespace, pod.metadata.name
+    reusable = find_reusable(pod, opts.image)
+    if reusable and not opts.privileged:
+        progress(f"reusing capture container {reusable}")
+        return CaptureContainer(reusable, True, ())
+
+    level = namespace_psa_level(kube, namespace)
+    if level == "restricted":
+        raise restricted_error(namespace)
+    caps = plan_capabilities(level, opts.privileged)
+    name = CONTAINER_PREFIX + secrets.token_hex(3)
+    try:
+        _patch_ephemeral(kube, namespace, pod_name, name, target_container, caps, opts)
+    except ZsniffError as err:
+        if err.status != ExitStatus.POD_SECURITY or not caps or opts.privileged:
+            raise
+        # The level was not readable; the namespace refused our capabilities: try without.
+        progress("PodSecurity refused NET_ADMIN/NET_RAW; trying without added capabilities")
+        caps = ()
+        try:
+            _patch_ephemeral(kube, namespace, pod_name, name, target_container, caps, opts)
+        except ZsniffError as err2:
+            if err2.status == ExitStatus.POD_SECURITY:
+                raise restricted_error(namespace) from err2
+            raise
+    progress(f"injected ephemeral container {name} ({opts.image})")
+    wait_until_running(kube, namespace, pod_name, name, opts.start_timeout, progress)
+    return CaptureContainer(name, False, caps)
+
+
+def _patch_ephemeral(
+    kube: KubeClient,
+    namespace: str,
+    pod_name: str,
+    name: str,
+    target_container: str,
+    caps: tuple[str, ...],
+    opts: InjectOptions,
+) -> None:
+    body = {
+        "spec": {
+            "ephemeralContainers": [
+                container_spec(
+                    name, opts.image, target_container, caps, opts.privileged, opts.idle_lifetime
+                )
+            ]
+        }
+    }
+    try:
+        kube.call(
+            "patch pods/ephemeralcontainers",
+            kube.core.patch_namespaced_pod_ephemeralcontainers,
+            pod_name,
+            namespace,
+            body,
+        )
+    except ZsniffError as err:
+        if err.status == ExitStatus.NOT_FOUND:
+            raise ZsniffError(
+                "this cluster does not support ephemeral containers "
+                f"(pods/ephemeralcontainers not found): {err.message}",
+                "ephemeral containers are GA since Kubernetes 1.25; on older clusters enable "
+                "the EphemeralContainers feature gate",
+                ExitStatus.UNSUPPORTED,
+            ) from err
+        if err.status == ExitStatus.FORBIDDEN:
+            raise ZsniffError(
+                err.message,
+                "zsniff needs `patch` on pods/ephemeralcontainers and `create` on pods/exec: "
+                f"kubectl auth can-i patch pods/ephemeralcontainers -n {namespace}",
+                ExitStatus.FORBIDDEN,
+            ) from err
+        raise
+
+
+FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+IMAGE_REASONS = FATAL_WAITING | {"ErrImagePull"}
+
+
+def container_state(pod: Any, name: str) -> tuple[str, str, str]:
+    """('running'|'waiting'|'terminated'|'unknown', reason, message) of an ephemeral container."""
+    for status in pod.status.ephemeral_container_statuses or []:
+        if status.name != name or status.state is None:
+            continue
+        state = status.state
+        if state.running is not None:
+            return "running", "", ""
+        if state.terminated is not None:
+            t = state.terminated
+            return "terminated", t.reason or f"exit code {t.exit_code}", t.message or ""
+        if state.waiting is not None:
+            return "waiting", state.waiting.reason or "", state.waiting.message or ""
+    return "unknown", "", ""
+
+
+def wait_until_running(
+    kube: KubeClient,
+    namespace: str,
+    pod_name: str,
+    name: str,
+    timeout: float,
+    progress: Progress,
+) -> None:
+    from kubernetes import watch
+
+    deadline = time.monotonic() + timeout
+    last_reason = ""
+    while True:
+        pods = kube.call(
+            "list pods",
+            kube.core.list_namespaced_pod,
+            namespace,
+            field_selector=f"metadata.name={pod_name}",
+        )
+        resource_version = pods.metadata.resource_version if pods.metadata else None
+        if not pods.items:
+            raise ZsniffError(
+                f'pod "{pod_name}" disappeared while the capture container was starting',
+                "",
+                ExitStatus.NOT_FOUND,
+            )
+        events: list[Any] = [pods.items[0]]
+        remaining = deadline - time.monotonic()
+        stream = None
+        if remaining > 0:
+            w = watch.Watch()
+            stream = w.stream(
+                kube.core.list_namespaced_pod,
+                namespace,
+                field_selector=f"metadata.name={pod_name}",
+                resource_version=resource_version,
+                timeout_seconds=max(1, int(remaining)),
+                _request_timeout=remaining + 5,
+            )
+        try:
+            for pod in _chain(events, stream):
+                state, reason, message = container_state(pod, name)
+                if reason and reason != last_reason:
+                    progress(f"capture container {state}: {reason} {message}".strip())
+                    last_reason = reason
+                if state == "running":
+                    return
+                if state == "terminated":
+                    raise ZsniffError(
+                        f"the capture container {name} stopped before the capture: "
+                        f"{reason} {message}".strip(),
+                        "check that the image has sh and tcpdump (--image)",
+                        ExitStatus.CAPTURE_FAILED,
+                    )
+                if state == "waiting" and reason in FATAL_WAITING:
+                    raise ZsniffError(
+                        f"cannot pull the capture image: {reason} {message}".strip(),
+                        "check --image and that the node can reach its registry "
+                        "(private registries need imagePullSecrets on the pod)",
+                        ExitStatus.IMAGE_PULL,
+                    )
+                if time.monotonic() >= deadline:
+                    break
+        except ZsniffError:
+            raise
+        except Exception as exc:
+            from kubernetes.client.exceptions import ApiException
+
+            if isinstance(exc, ApiException) and exc.status == 410:
+                continue  # resourceVersion too old: list again
+            if time.monotonic() < deadline:
+                continue
+        if time.monotonic() >= deadline:
+            hint = "raise --start-timeout"
+            if last_reason in IMAGE_REASONS:
+                hint = "the image is still being pulled or cannot be pulled; check --image"
+            raise ZsniffError(
+                f"the capture container did not start within {timeout:g}s"
+                + (f" (last state: {last_reason})" if last_reason else ""),
+                hint,
+                ExitStatus.START_TIMEOUT,
+            )
+
+
+def _chain(first: list[Any], stream: Any) -> Any:
+    yield from first
+    if stream is None:
+        return
+    for event in stream:
+        obj = event.get("object") if isinstance(event, dict) else None
+        if obj is not None and event.get("type") in ("ADDED", "MODIFIED"):
+            yield obj

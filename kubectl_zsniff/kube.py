@@ -1,0 +1,241 @@
+"""Access to the Kubernetes API: kubeconfig, context and namespace, auth, and error translation.
+
+This is the one place that turns the official client's exceptions into the project's errors.
+The `kubernetes` package is slow to import (~0.5 s), so it is imported only when a client is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ExitStatus, ZsniffError
+from .options import KubeOptions
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
+
+T = TypeVar("T")
+
+IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class KubeClient:
+    core: CoreV1Api
+    configuration: Any
+    namespace: str
+    context_name: str
+    request_timeout: float | None
+
+    def call(self, action: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call the API, retrying briefly on throttling and transient server errors."""
+        if self.request_timeout is not None:
+            kwargs.setdefault("_request_timeout", self.request_timeout)
+        return call_with_retries(action, lambda: func(*args, **kwargs))
+
+    def endpoint(self) -> Any:
+        from .execws import endpoint_from_configuration
+
+        return endpoint_from_configuration(self.configuration)
+
+
+def call_with_retries(action: str, call: Callable[[], T], attempts: int = 5) -> T:
+    from kubernetes.client.exceptions import ApiException
+
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status not in RETRYABLE_STATUSES or attempt == attempts - 1:
+                raise api_error(exc, action) from exc
+            retry_after = _retry_after_seconds(exc)
+            time.sleep(min(retry_after if retry_after is not None else delay, 5.0))
+            delay *= 2
+        except Exception as exc:
+            raise connection_error(exc) from exc
+    raise AssertionError("unreachable")
+
+
+def _retry_after_seconds(exc: Any) -> float | None:
+    headers = getattr(exc, "headers", None) or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def load_client(opts: KubeOptions) -> KubeClient:
+    """Build an API client the way kubectl would: flags, then KUBECONFIG, then in-cluster."""
+    try:
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+    except ImportError as exc:  # pragma: no cover - a broken installation
+        raise ZsniffError(
+            "the kubernetes Python package is missing", "reinstall kubectl-zsniff", ExitStatus.ERROR
+        ) from exc
+
+    configuration = client.Configuration()
+    namespace: str | None = None
+    context_name = ""
+    kubeconfig = opts.kubeconfig or os.environ.get("KUBECONFIG") or None
+    default_path = Path("~/.kube/config").expanduser()
+    use_in_cluster = (
+        kubeconfig is None
+        and not default_path.exists()
+        and os.environ.get("KUBERNETES_SERVICE_HOST")
+    )
+    try:
+        if use_in_cluster:
+            config.load_incluster_config(client_configuration=configuration)
+            context_name = "in-cluster"
+            if IN_CLUSTER_NAMESPACE_FILE.exists():
+                namespace = IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
+        else:
+            config_file = kubeconfig or str(default_path)
+            for path in config_file.split(os.pathsep):
+                if path and not Path(path).expanduser().exists() and kubeconfig is not None:
+                    raise ZsniffError(
+                        f"kubeconfig file not found: {path}",
+                        "check --kubeconfig or the KUBECONFIG variable",
+                        ExitStatus.USAGE,
+                    )
+            contexts, active = config.list_kube_config_contexts(config_file=config_file)
+            chosen = active
+            if opts.context:
+                matches = [c for c in contexts if c.get("name") == opts.context]
+                if not matches:
+                    names = ", ".join(sorted(str(c.get("name")) for c in contexts)) or "none"
+                    raise ZsniffError(
+                        f'context "{opts.context}" not found in the kubeconfig',
+                        f"known contexts: {names}",
+                        ExitStatus.USAGE,
+                    )
+                chosen = matches[0]
+            context_name = str(chosen.get("name", "")) if chosen else ""
+            namespace = (chosen or {}).get("context", {}).get("namespace")
+            config.load_kube_config(
+                config_file=config_file,
+                context=opts.context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+    except ZsniffError:
+        raise
+    except ConfigException as exc:
+        raise ZsniffError(
+            f"cannot load the Kubernetes configuration: {_first_line(exc)}",
+            "check --kubeconfig, --context or the KUBECONFIG variable (kubectl config view)",
+            ExitStatus.USAGE,
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ZsniffError(
+            f"cannot load the Kubernetes configuration: {exc.filename or exc} not found",
+            "is an exec credential plugin (gke-gcloud-auth-plugin, aws, kubelogin) installed?",
+            ExitStatus.UNAUTHORIZED,
+        ) from exc
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ZsniffError(
+            f"cannot load the Kubernetes configuration: {_first_line(exc)}",
+            "check the kubeconfig file (kubectl config view)",
+            ExitStatus.USAGE,
+        ) from exc
+
+    api_client = client.ApiClient(configuration)
+    return KubeClient(
+        core=client.CoreV1Api(api_client),
+        configuration=configuration,
+        namespace=opts.namespace or namespace or "default",
+        context_name=context_name,
+        request_timeout=opts.request_timeout,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def status_message(body: Any) -> str:
+    """The `message` of a Kubernetes Status body, or the body's first line."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not body:
+        return ""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, TypeError):
+        return str(body).strip().splitlines()[0][:300]
+    if isinstance(parsed, dict):
+        return str(parsed.get("message", "")).strip()
+    return ""
+
+
+def api_error(exc: Any, action: str) -> ZsniffError:
+    """Translate an ApiException raised while doing `action` into a ZsniffError."""
+    code = getattr(exc, "status", 0) or 0
+    message = status_message(getattr(exc, "body", "")) or str(getattr(exc, "reason", "")) or ""
+    if code == 401:
+        return ZsniffError(
+            f"the API server rejected the credentials while trying to {action} (401 Unauthorized)",
+            "refresh your login (for example `gcloud auth login`, `aws sso login`) "
+            "or check the user in the kubeconfig",
+            ExitStatus.UNAUTHORIZED,
+        )
+    if code == 403 and "violates PodSecurity" in message:
+        return ZsniffError(
+            f"PodSecurity rejected the capture container: {message}",
+            "the namespace's pod-security.kubernetes.io/enforce level forbids it; "
+            "ask an admin for a namespace at the privileged level or see the README (PodSecurity)",
+            ExitStatus.POD_SECURITY,
+        )
+    if code == 403:
+        return ZsniffError(
+            f"forbidden to {action}: {message}" if message else f"forbidden to {action}",
+            "ask your cluster admin for that permission; check with `kubectl auth can-i`",
+            ExitStatus.FORBIDDEN,
+        )
+    if code == 404:
+        return ZsniffError(
+            message or f"not found while trying to {action}", "", ExitStatus.NOT_FOUND
+        )
+    if code == 422:
+        return ZsniffError(f"the API server refused to {action}: {message}", "", ExitStatus.ERROR)
+    if code in RETRYABLE_STATUSES:
+        return ZsniffError(
+            f"the API server kept failing while trying to {action} ({code}: {message})",
+            "the control plane is overloaded or unhealthy; try again in a moment",
+            ExitStatus.UNREACHABLE,
+        )
+    return ZsniffError(f"cannot {action}: {code} {message}".strip(), "", ExitStatus.ERROR)
+
+
+def connection_error(exc: BaseException) -> ZsniffError:
+    """Translate a transport failure (refused, DNS, TLS, timeout) into a ZsniffError."""
+    text = repr(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "SSLCertVerification" in text:
+        return ZsniffError(
+            "TLS verification of the API server failed",
+            "check certificate-authority(-data) in the kubeconfig; "
+            "verification stays on unless the kubeconfig itself sets insecure-skip-tls-verify",
+            ExitStatus.UNREACHABLE,
+        )
+    if "timed out" in text.lower() or "Timeout" in text:
+        return ZsniffError(
+            "the API server did not answer in time",
+            "check the network or VPN to the cluster, or raise --request-timeout",
+            ExitStatus.UNREACHABLE,
+        )
+    return ZsniffError(
+        f"cannot reach the API server: {_first_line(exc)[:200]}",
+        "is the cluster running and the kubeconfig's server address right? (kubectl cluster-info)",
+        ExitStatus.UNREACHABLE,
+    )

@@ -1,0 +1,96 @@
+"""The typed boundary between command-line flags and the core: frozen, validated values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+# A pinned, maintained, multi-arch (amd64, arm64) image that ships tcpdump and a POSIX shell.
+# netshoot is the image the Kubernetes community reaches for in `kubectl debug`; pinning the tag
+# keeps captures reproducible. `--image` overrides it (any image with sh + tcpdump works).
+DEFAULT_IMAGE = "docker.io/nicolaka/netshoot:v0.13"
+
+# tcpdump's own default snapshot length.
+DEFAULT_SNAPLEN = 262144
+
+
+class OutputFormat(str, Enum):
+    PCAPNG = "pcapng"
+    PCAP = "pcap"
+
+
+@dataclass(frozen=True)
+class KubeOptions:
+    """Where the API server is and who we are: kubectl's own flags."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    request_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    pod: str
+    container: str | None = None
+
+
+@dataclass(frozen=True)
+class InjectOptions:
+    image: str = DEFAULT_IMAGE
+    privileged: bool = False
+    start_timeout: float = 120.0
+    # The capture container exits by itself after this long without a capture running in it,
+    # so nothing stays behind if the laptop vanishes mid-capture.
+    idle_lifetime: int = 600
+
+
+@dataclass(frozen=True)
+class CaptureLimits:
+    packet_count: int | None = None
+    duration: float | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class TcpdumpOptions:
+    interface: str = "eth0"
+    snaplen: int = DEFAULT_SNAPLEN
+    bpf_filter: str = ""
+    promiscuous: bool = True
+
+    def argv(self) -> list[str]:
+        """tcpdump's arguments. Each is one argv element: nothing goes through a shell."""
+        args = ["-i", self.interface, "-s", str(self.snaplen), "-U", "-w", "-"]
+        if not self.promiscuous:
+            args.append("-p")
+        if self.bpf_filter:
+            args.append(self.bpf_filter)
+        return args
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    path: Path | None = None  # None: no file; Path("-"): standard output
+    fmt: OutputFormat = OutputFormat.PCAPNG
+    wireshark: bool = False
+    wireshark_path: str | None = None
+    zeek_dir: Path | None = None
+    zeek_scripts: tuple[str, ...] = ()
+    view: bool = False
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.path is not None and str(self.path) == "-"
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    kube: KubeOptions
+    target: TargetOptions
+    inject: InjectOptions = field(default_factory=InjectOptions)
+    tcpdump: TcpdumpOptions = field(default_factory=TcpdumpOptions)
+    limits: CaptureLimits = field(default_factory=CaptureLimits)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    names: bool = True

@@ -1,0 +1,122 @@
+"""Capture files, created readable by their owner only."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import ExitStatus, ZsniffError
+from . import ReaderClosed
+
+OWNER_ONLY = 0o600
+
+
+def open_private(path: Path) -> BinaryIO:
+    """Create or truncate `path` with mode 0600 (also when it existed with wider permissions)."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), OWNER_ONLY
+        )
+    except OSError as exc:
+        raise ZsniffError(
+            f"cannot write {path}: {exc.strerror}",
+            "choose another path with -w, or check the folder's permissions",
+            ExitStatus.OUTPUT_ERROR,
+        ) from exc
+    with contextlib.suppress(OSError, AttributeError):  # fchmod is missing on Windows
+        os.fchmod(fd, OWNER_ONLY)
+    return os.fdopen(fd, "wb", buffering=1 << 20)
+
+
+class FileSink:
+    label = "file"
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self._file: BinaryIO | None = open_private(path)
+        self.bytes_written = 0
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        self.bytes_written += len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> int:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                raise _write_error(self.path, exc) from exc
+            self._file = None
+        return self.bytes_written
+
+
+def _write_error(path: Path, exc: OSError) -> ZsniffError:
+    hint = "free some space, or write elsewhere with -w" if exc.errno == errno.ENOSPC else ""
+    return ZsniffError(f"writing {path} failed: {exc.strerror}", hint, ExitStatus.OUTPUT_ERROR)
+
+
+class StdoutSink:
+    """Binary capture on standard output, for pipes. Refuses a terminal."""
+
+    label = "stdout"
+
+    def __init__(self, fmt: str, stream: BinaryIO | None = None) -> None:
+        self.fmt = fmt
+        out = stream if stream is not None else sys.stdout.buffer
+        if out.isatty():
+            raise ZsniffError(
+                "refusing to write binary capture data to a terminal",
+                "redirect it (-w - > file.pcapng), pipe it (| tshark -r -), or use --view",
+                ExitStatus.OUTPUT_ERROR,
+            )
+        self._out: BinaryIO | None = out
+        self.bytes_written = 0
+
+    def write(self, data: bytes) -> None:
+        if self._out is None:
+            return
+        try:
+            self._out.write(data)
+            self._out.flush()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self._out = None
+            _silence_stdout()
+            raise ReaderClosed("the program reading standard output went away") from exc
+        except OSError as exc:
+            raise ZsniffError(
+                f"writing to standard output failed: {exc.strerror}", "", ExitStatus.OUTPUT_ERROR
+            ) from exc
+        self.bytes_written += len(data)
+
+    def close(self) -> int:
+        if self._out is not None:
+            try:
+                self._out.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                _silence_stdout()
+            self._out = None
+        return self.bytes_written
+
+
+def _silence_stdout() -> None:
+    # Python flushes sys.stdout at exit and would complain about the broken pipe again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
