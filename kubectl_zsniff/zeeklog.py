@@ -257,10 +257,8 @@ class _Enricher:
                 yield line
                 continue
             orig, resp = self._names(obj.get(ORIG_H), obj.get(RESP_H), _parse_ts(obj.get("ts")))
-            # JSON has no header to agree with, so the workload key is added whenever known
-            # unless the caller turned workload columns off explicitly.
-            cols = Columns(self.columns.namespace, self.columns.workload is not False)
             # Zeek omits unset fields in JSON, so unknown names add no key at all.
+            cols = self.columns
             values = zip(cols.names(), cols.values(orig, resp), strict=True)
             pairs = [(k, v) for k, v in values if v is not None]
             self.json_keys.update(k for k, _ in pairs)
@@ -470,9 +468,10 @@ def _workloads_known(lines: Iterable[bytes], namemap: NameSource, namespace: boo
     probe = _Enricher(as_lookup(namemap), Columns(namespace, True), FileSummary(Path("-")))
     it = iter(lines)
     fmt, head = _peek_format(it)
-    if fmt != "tsv":
+    if fmt is None:
         return False
-    for _ in probe.tsv_lines(_chain(head, it)):
+    all_lines = _chain(head, it)
+    for _ in probe.tsv_lines(all_lines) if fmt == "tsv" else probe.json_lines(all_lines):
         pass
     return probe.workload_seen
 

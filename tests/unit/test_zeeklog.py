@@ -296,6 +296,11 @@ def test_workload_columns_only_when_the_map_knows_workloads() -> None:
     assert first["orig_workload"] == "deployment/web" and first["resp_workload"] is None
     out, summary = enrich_bytes(_decanon("opt.basic_http.log"), lookup, with_workload=False)
     assert "orig_workload" not in summary.added_fields
+    line = b'{"ts":1.5,"id.orig_h":"141.142.220.118","id.resp_h":"10.1.1.1"}\n'
+    out, summary = enrich_bytes(line, lookup)
+    assert json.loads(out)["orig_workload"] == "deployment/web"
+    out, summary = enrich_bytes(line, lookup, with_workload=False)
+    assert "orig_workload" not in json.loads(out)
 
 
 def test_lookup_gets_each_rows_timestamp() -> None:
@@ -315,7 +320,7 @@ def test_lookup_gets_each_rows_timestamp() -> None:
     assert seen[2][1] == 0.0
     json_line = b'{"ts":"2011-03-18T19:06:08.721247Z","id.orig_h":"10.0.0.1","id.resp_h":"::1"}\n'
     seen.clear()
-    enrich_bytes(json_line, lookup)
+    enrich_bytes(json_line, lookup, with_workload=False)
     assert seen == [("10.0.0.1", 1300475168.721247), ("::1", 1300475168.721247)]
 
 
