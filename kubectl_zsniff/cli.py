@@ -387,6 +387,164 @@ def _run(action: Any, debug: bool, reporter: Any) -> int:
         return int(ExitStatus.ERROR)
 
 
+def _cluster_names(kw: dict[str, Any], reporter: Any) -> dict[str, str]:
+    """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`."""
+    from .kube import load_client
+    from .names import NameBook
+
+    kube = load_client(
+        KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
+    )
+    book = NameBook()
+    missing = book.load(kube, kube.namespace)
+    if missing:
+        reporter.progress("names limited: not allowed to list " + ", ".join(missing))
+    return {ip: owner.name for ip, owner in book.current().items()}
+
+
+@cli.command("view")
+@click.argument("capture_file", type=click.Path(dir_okay=False))
+@click.option("-Y", "--display-filter", default=None, help="Wireshark display filter.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Show at most N packets.")
+@click.option("-H", "--hosts", "hosts_file", default=None, type=click.Path(dir_okay=False),
+              help="Extra names from a Wireshark hosts file (see `hosts`).")
+@click.option("--absolute-time", is_flag=True, help="Wall-clock times instead of relative.")
+@click.option("--debug", is_flag=True, hidden=True)
+def view_command(capture_file: str, display_filter: str | None, count: int | None,
+                 hosts_file: str | None, absolute_time: bool, debug: bool) -> None:
+    """Show a saved pcap/pcapng in the terminal, with the names it carries."""
+    reporter = _make_reporter(False)
+
+    def action() -> int:
+        from rich.console import Console
+
+        from .view import view_file
+
+        console = Console(highlight=False)
+        shown = view_file(capture_file, console, display_filter, count,
+                          "absolute" if absolute_time else "relative", hosts_file)
+        reporter.progress(f"{shown} packets shown")
+        return 0
+
+    sys.exit(_run(action, debug, reporter))
+
+
+@cli.command("convert")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("destination", type=click.Path(dir_okay=False))
+@_kube_options
+@click.option("--names-from", type=click.Path(dir_okay=False), default=None,
+              help="Take the names from a hosts file instead of the cluster.")
+@click.option("--debug", is_flag=True, hidden=True)
+def convert_command(source: str, destination: str, names_from: str | None, debug: bool,
+                    **kw: Any) -> None:
+    """Turn any pcap/pcapng (ksniff, tcpdump...) into a pcapng carrying the cluster's names."""
+    reporter = _make_reporter(False)
+
+    def action() -> int:
+        from .offline import convert_capture
+
+        names = _read_hosts(names_from) if names_from else _cluster_names(kw, reporter)
+        summary = convert_capture(Path(source), Path(destination), names,
+                                  f"converted by kubectl-zsniff {__version__} from {source}")
+        reporter.progress(
+            f"wrote {destination}: {summary.packets} packets, {summary.interfaces} interfaces, "
+            f"{summary.names} cluster names (+{summary.kept_names} from the file); "
+            f"read it with: tshark -r {destination} -N n"
+        )
+        return 0
+
+    sys.exit(_run(action, debug, reporter))
+
+
+@cli.command("hosts")
+@_kube_options
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="-",
+              show_default=True, help="Where to write the hosts file.")
+@click.option("--debug", is_flag=True, hidden=True)
+def hosts_command(output: str, debug: bool, **kw: Any) -> None:
+    """Write the cluster's names as a Wireshark hosts file (tshark -H FILE -N n)."""
+    reporter = _make_reporter(False)
+
+    def action() -> int:
+        from .offline import hosts_file_text, write_text_private
+
+        text = hosts_file_text(_cluster_names(kw, reporter))
+        if output == "-":
+            sys.stdout.write(text)
+        else:
+            write_text_private(Path(output), text)
+            reporter.progress(f"wrote {output}: use it with tshark -H {output} -N n")
+        return 0
+
+    sys.exit(_run(action, debug, reporter))
+
+
+@cli.command("enrich")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
+@_kube_options
+@click.option("--names-from", type=click.Path(dir_okay=False), default=None,
+              help="Names from a zsniff pcapng (as they were during that capture) or a hosts "
+              "file, instead of the cluster.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write enriched copies here (default: rewrite in place).")
+@click.option("--debug", is_flag=True, hidden=True)
+def enrich_command(logs: tuple[str, ...], names_from: str | None, output_dir: str | None,
+                   debug: bool, **kw: Any) -> None:
+    """Add orig_pod/resp_pod (and namespaces) to Zeek logs (TSV or JSON) made elsewhere."""
+    reporter = _make_reporter(False)
+
+    def action() -> int:
+        from .namemap import DictNameMap
+        from .zeeklog import enrich_paths
+
+        namemap: Any
+        if names_from and _is_capture(names_from):
+            from .offline import names_from_capture
+
+            namemap = names_from_capture(Path(names_from))
+        elif names_from:
+            namemap = DictNameMap(_read_hosts(names_from))
+        else:
+            namemap = DictNameMap(_cluster_names(kw, reporter))
+        results = enrich_paths(logs, namemap, output_dir)
+        for result in results:
+            if result.skipped:
+                reporter.progress(f"{result.path}: left as is ({result.skipped})")
+            else:
+                reporter.progress(
+                    f"{result.output or result.path}: {result.rows} rows, "
+                    f"{result.named_rows} with a pod name"
+                )
+        return 0
+
+    sys.exit(_run(action, debug, reporter))
+
+
+def _is_capture(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ZsniffError(f"cannot read {path}: {exc.strerror}", "", ExitStatus.USAGE) from exc
+    return magic in (b"\x0a\x0d\x0d\x0a", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
+                     b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+
+
+def _read_hosts(path: str) -> dict[str, str]:
+    """A Wireshark-style hosts file: `IP NAME` per line, # comments."""
+    names: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ZsniffError(f"cannot read {path}: {exc.strerror}", "", ExitStatus.USAGE) from exc
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2:
+            names[fields[0]] = fields[1]
+    return names
+
+
 def main() -> None:
     # A broken stdout pipe ends the capture cleanly; Python must not print its own error.
     try:

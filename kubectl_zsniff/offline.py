@@ -1,0 +1,214 @@
+"""Offline work on saved captures and logs: names into a pcapng, hosts files, names read back.
+
+Pure over files: no cluster access here (the caller passes the names it loaded).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import ExitStatus, ZsniffError
+from .namemap import PodName, normalize_ip
+from .pcap import PcapFormatError
+from .pcapng import (
+    Interface,
+    NameRecords,
+    PacketRecord,
+    SectionStart,
+    enhanced_packet_block,
+    interface_description_block,
+    name_resolution_block,
+    read_capture,
+    section_header_block,
+)
+from .sinks.file import open_private
+
+
+@dataclass
+class ConvertSummary:
+    packets: int
+    interfaces: int
+    names: int
+    kept_names: int
+
+
+def convert_capture(
+    source: Path,
+    destination: Path,
+    names: Mapping[str, str],
+    comment: str,
+) -> ConvertSummary:
+    """Rewrite any pcap/pcapng as a pcapng whose first blocks name the cluster's addresses.
+
+    Interfaces (and their names) and name records already in the file are kept; several
+    sections become one, so every packet sees the names.
+    """
+    if source.resolve() == destination.resolve():
+        raise ZsniffError(
+            "the output would overwrite the input", "write to another file", ExitStatus.USAGE
+        )
+    packets = 0
+    kept_names = 0
+    interface_map: dict[tuple[int, int], int] = {}
+    section = -1
+    try:
+        events = read_capture(str(source))
+        with open_private(destination) as out:
+            out.write(section_header_block(comment, userappl=f"kubectl-zsniff {__version__}"))
+            entries = sorted((ip, [name]) for ip, name in names.items())
+            if entries:
+                out.write(name_resolution_block(entries))
+            for event in events:
+                if isinstance(event, SectionStart):
+                    section += 1
+                elif isinstance(event, Interface):
+                    interface_map[(section, event.id)] = len(interface_map)
+                    out.write(_interface(event, source.name, len(interface_map) - 1))
+                elif isinstance(event, NameRecords):
+                    # The file's own names come after the cluster's: a reader applies the
+                    # later record, and the file knew its packets better than today's cluster.
+                    records = [(ip, list(n)) for ip, n in event.records if n]
+                    if records:
+                        out.write(name_resolution_block(records))
+                        kept_names += len(records)
+                elif isinstance(event, PacketRecord):
+                    new_id = interface_map.get((section, event.interface_id))
+                    if new_id is None:
+                        continue
+                    out.write(enhanced_packet_block(
+                        new_id, event.ts_ns, event.caplen, event.origlen, event.data,
+                        event.comment,
+                    ))
+                    packets += 1
+    except FileNotFoundError as exc:
+        raise ZsniffError(f"{source}: no such file", "", ExitStatus.USAGE) from exc
+    except PcapFormatError as exc:
+        raise ZsniffError(
+            f"{source} is not a pcap or pcapng capture: {exc.message}",
+            "", ExitStatus.USAGE,
+        ) from exc
+    return ConvertSummary(packets, len(interface_map), len(names), kept_names)
+
+
+def _interface(event: Interface, source_name: str, new_id: int) -> bytes:
+    # Timestamps are rewritten in nanoseconds whatever the input's resolution.
+    return interface_description_block(
+        event.linktype,
+        event.snaplen,
+        name=event.name or f"{source_name}#{new_id}",
+        description=event.description,
+        tsresol_nanos=True,
+        os=event.os,
+        filter=event.filter,
+        comment=event.comment,
+    )
+
+
+def hosts_file_text(names: Mapping[str, str]) -> str:
+    """Wireshark's hosts file format (`tshark -H FILE -N n`, or the profile's `hosts`)."""
+    lines = [f"# kubectl-zsniff {__version__}: Kubernetes names for Wireshark"]
+    lines += [f"{ip}\t{name}" for ip, name in sorted(names.items(), key=lambda kv: kv[1])]
+    return "\n".join(lines) + "\n"
+
+
+def write_text_private(path: Path, text: str) -> None:
+    with open_private(path) as out:
+        out.write(text.encode("utf-8"))
+
+
+class CaptureNameMap:
+    """Names read back from a zsniff pcapng's NRBs, valid from the packet after each NRB on.
+
+    So a log line is named as the capture named its packets at that time, reused addresses
+    included.
+    """
+
+    def __init__(self) -> None:
+        self._times: dict[str, list[float]] = {}
+        self._names: dict[str, list[str]] = {}
+
+    def add(self, ip: str, name: str, since: float) -> None:
+        key = normalize_ip(ip)
+        if key is None:
+            return
+        times = self._times.setdefault(key, [])
+        names = self._names.setdefault(key, [])
+        if names and names[-1] == name:
+            return
+        times.append(since)
+        names.append(name)
+
+    def lookup(self, ip: str, ts: float | None = None) -> PodName | None:
+        key = normalize_ip(ip)
+        if key is None or key not in self._names:
+            return None
+        names = self._names[key]
+        if ts is None:
+            text = names[-1]
+        else:
+            index = bisect.bisect_right(self._times[key], ts) - 1
+            text = names[max(index, 0)]
+        try:
+            return PodName.parse(text)
+        except ValueError:
+            return PodName(text, None, "pod", None)
+
+    def latest(self) -> dict[str, str]:
+        return {ip: names[-1] for ip, names in self._names.items()}
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def names_from_capture(path: Path) -> CaptureNameMap:
+    book = CaptureNameMap()
+    pending: list[tuple[str, str]] = []
+    seen_packet = False
+    last_ts = 0.0
+    try:
+        for event in read_capture(str(path)):
+            if isinstance(event, NameRecords):
+                records = [(ip, names[0]) for ip, names in event.records if names]
+                if seen_packet:
+                    pending += records
+                else:  # names written before any packet hold from the start
+                    for ip, name in records:
+                        book.add(ip, name, 0.0)
+            elif isinstance(event, PacketRecord):
+                seen_packet = True
+                last_ts = event.ts_ns / 1e9
+                for ip, name in pending:  # a mid-stream NRB applies from the next packet on
+                    book.add(ip, name, last_ts)
+                pending = []
+    except FileNotFoundError as exc:
+        raise ZsniffError(f"{path}: no such file", "", ExitStatus.USAGE) from exc
+    except PcapFormatError as exc:
+        raise ZsniffError(
+            f"{path} is not a capture: {exc.message}", "", ExitStatus.USAGE
+        ) from exc
+    for ip, name in pending:
+        book.add(ip, name, last_ts)
+    return book
+
+
+def ensure_directory(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ZsniffError(f"cannot create {path}: {exc.strerror}", "",
+                          ExitStatus.OUTPUT_ERROR) from exc
+
+
+__all__ = [
+    "ConvertSummary",
+    "convert_capture",
+    "hosts_file_text",
+    "names_from_capture",
+    "CaptureNameMap",
+    "write_text_private",
+    "ensure_directory",
+]
