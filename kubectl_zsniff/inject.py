@@ -127,7 +127,7 @@ def get_pod(kube: KubeClient, namespace: str, name: str) -> Any:
 
 def describe_pod(pod: Any) -> PodInfo:
     status = pod.status
-    ips = tuple(p.ip for p in (status.pod_i_ps or []) if p.ip) or (
+    ips = tuple(p.ip for p in (status.pod_ips or []) if p.ip) or (
         (status.pod_ip,) if status.pod_ip else ()
     )
     return PodInfo(

@@ -49,7 +49,7 @@ def pod_names(pod: Any) -> list[tuple[str, PodName]]:
     if pod.spec is not None and pod.spec.host_network:
         return []
     ns, name = pod.metadata.namespace, pod.metadata.name
-    ips = [p.ip for p in (status.pod_i_ps or []) if p.ip] or (
+    ips = [p.ip for p in (status.pod_ips or []) if p.ip] or (
         [status.pod_ip] if status.pod_ip else []
     )
     owner = PodName(f"{ns}/{name}", ns, "pod", pod_workload(pod))
@@ -59,7 +59,7 @@ def pod_names(pod: Any) -> list[tuple[str, PodName]]:
 def service_names(svc: Any) -> list[tuple[str, PodName]]:
     ns, name = svc.metadata.namespace, svc.metadata.name
     spec = svc.spec
-    ips = list(spec.cluster_i_ps or []) or ([spec.cluster_ip] if spec.cluster_ip else [])
+    ips = list(spec.cluster_ips or []) or ([spec.cluster_ip] if spec.cluster_ip else [])
     owner = PodName(f"{ns}/svc/{name}", ns, "service", None)
     return [(ip, owner) for ip in ips if ip and ip != "None"]
 
