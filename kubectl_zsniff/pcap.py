@@ -179,13 +179,13 @@ class PcapStreamParser:
         size = len(chunk)
         self.bytes += size
         pending = self._pending
-        if not pending:
-            if size >= self._needed:
-                return chunk
-            pending += chunk
-            return None
+        if not pending and size >= self._needed:
+            return chunk
         pending += chunk
         if len(pending) < self._needed:
+            if self.header is None and len(pending) >= 4:
+                # Reject junk (an error message on stdout) now rather than at byte 24.
+                _format_for_magic(bytes(pending[:4]))
             return None
         data = bytes(pending)
         pending.clear()

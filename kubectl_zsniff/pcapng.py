@@ -293,7 +293,11 @@ def interface_statistics_block(
 
 
 def custom_block(pen: int, payload: bytes, *, copyable: bool = True) -> bytes:
-    """Custom Block for private data; ``pen`` is the IANA Private Enterprise Number."""
+    """Custom Block for private data; ``pen`` is the IANA Private Enterprise Number.
+
+    The block has no payload length, so readers see the payload padded with NULs to 32 bits.
+    tshark 4.0 lists custom blocks as extra frames: keep them out of capture output.
+    """
     body = _U32.pack(pen) + payload + _PADDING[len(payload) & 3]
     return _block(BLOCK_CUSTOM_COPYABLE if copyable else BLOCK_CUSTOM_LOCAL, body)
 
@@ -795,8 +799,6 @@ def read_capture(
         raise PcapFormatError(
             f"capture ends inside a block: {parser.pending_bytes} trailing bytes",
         )
-    if parser.format is None and parser.bytes == 0:
-        return
 
 
 def _read_stream(

@@ -139,6 +139,13 @@ def test_truncated_tail_is_kept_pending_not_emitted() -> None:
     assert parser.pending_bytes == 0
 
 
+def test_junk_is_rejected_from_the_first_four_bytes() -> None:
+    parser = PcapStreamParser()
+    assert parser.feed(b"tcp") == []
+    with pytest.raises(PcapFormatError, match="magic"):
+        parser.feed(b"d")
+
+
 def test_header_only_then_records() -> None:
     parser = PcapStreamParser()
     assert parser.feed(encode_pcap_header(1)[:10]) == []
