@@ -26,9 +26,11 @@ from .execws import ApiEndpoint, ExecSession, StreamLostError, exec_capture_outp
 from .inject import PodInfo, capture_command
 from .names import NameBook
 from .options import CaptureLimits, TcpdumpOptions
+from .packetaddr import ip_addresses
 from .pcap import PcapHeader, PcapStreamParser, encode_pcap_header
 from .pcapng import (
     PcapngPacketEncoder,
+    enhanced_packet_block,
     interface_description_block,
     name_resolution_block,
     section_header_block,
@@ -238,6 +240,9 @@ class OutputPipeline:
         self.failure: ZsniffError | None = None
         self.closed_sinks: list[str] = []
         self.names_written = 0
+        # Names as this file states them so far, and addresses whose owner changed within it.
+        self._named: dict[str, str] = {}
+        self._reowned: dict[str, str] = {}
 
     @property
     def accepting(self) -> bool:
@@ -294,7 +299,10 @@ class OutputPipeline:
             names = self._name_updates()
             if names:
                 parts.append(names)
-            self.encoder.extend_parts(packets, parts)
+            if self._reowned:
+                self._extend_with_owner_comments(packets, parts)
+            else:
+                self.encoder.extend_parts(packets, parts)
             pcapng = b"".join(parts)
         pcap = b""
         if self.wants_pcap:
@@ -347,17 +355,60 @@ class OutputPipeline:
         # The captured pod is always named, even when listing pods was not allowed.
         for ip in self.pod.pod_ips:
             table.setdefault(ip, f"{self.pod.namespace}/{self.pod.name}")
+        self._named.update(table)
         return [(ip, [name]) for ip, name in sorted(table.items())]
 
     def _name_updates(self) -> bytes:
+        """An NRB for addresses that appeared or changed owner since the last packets."""
         if self.book is None:
             return b""
-        changes = [c for c in self.book.drain_changes() if c.name is not None]
-        if not changes:
+        entries: list[tuple[str, list[str]]] = []
+        for change in self.book.drain_changes():
+            ip = change.ip
+            previous = self._named.get(ip)
+            # A released address is renamed to itself so that a new, not yet known owner's
+            # packets never show the old pod's name.
+            name = change.name.name if change.name is not None else ip
+            if previous == name or (previous is None and change.name is None):
+                continue
+            if previous is not None:
+                self._reowned[ip] = name
+            self._named[ip] = name
+            entries.append((ip, [name]))
+        if not entries:
             return b""
-        entries = [(c.ip, [c.name.name]) for c in changes if c.name is not None]
         self.names_written += len(entries)
         return name_resolution_block(entries)
+
+    def _extend_with_owner_comments(self, packets: Sequence[Any], parts: list[bytes]) -> None:
+        """Packets touching a re-owned address carry its owner at capture time as a comment.
+
+        One-pass readers (tshark, a live Wireshark) already apply each NRB from where it
+        stands; a two-pass reader (Wireshark opening the file) keeps one name per address,
+        the last: the comment keeps the truth visible there.
+        """
+        assert self.encoder is not None and self.header is not None
+        linktype = self.header.linktype
+        reowned = self._reowned
+        plain: list[Any] = []
+        for packet in packets:
+            addresses = ip_addresses(linktype, packet.data)
+            touched = [ip for ip in addresses or () if ip in reowned]
+            if not touched:
+                plain.append(packet)
+                continue
+            if plain:
+                self.encoder.extend_parts(plain, parts)
+                plain = []
+            comment = "; ".join(
+                f"zsniff: {ip} was {reowned[ip]} at capture time" for ip in dict.fromkeys(touched)
+            )
+            parts.append(enhanced_packet_block(
+                0, self.encoder.ts_units(packet), packet.caplen, packet.origlen, packet.data,
+                comment,
+            ))
+        if plain:
+            self.encoder.extend_parts(plain, parts)
 
     def _write(self, *, pcap: bytes, pcapng: bytes) -> None:
         for sink in list(self.sinks):
