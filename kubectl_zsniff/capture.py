@@ -439,7 +439,7 @@ def _pcap_records(packets: Sequence[Any], header: PcapHeader | None) -> list[byt
     import struct
 
     assert header is not None
-    record = struct.Struct("<IIII" if header.byte_order == "little" else ">IIII")
+    record = struct.Struct(header.byte_order + "IIII")
     out: list[bytes] = []
     for ts_sec, ts_frac, caplen, origlen, data in packets:
         out.append(record.pack(ts_sec, ts_frac, caplen, origlen))
