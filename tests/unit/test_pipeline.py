@@ -11,8 +11,8 @@ import pytest
 
 from kubectl_zsniff.capture import OutputPipeline, StopReason, TcpdumpReport
 from kubectl_zsniff.inject import PodInfo
-from kubectl_zsniff.names import NameBook
 from kubectl_zsniff.namemap import PodName
+from kubectl_zsniff.names import NameBook
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.packetaddr import ip_addresses
 from kubectl_zsniff.pcap import encode_pcap_header, encode_pcap_record
@@ -37,7 +37,8 @@ def udp6_frame(src: str, dst: str) -> bytes:
     payload = b"hi"
     ip6 = struct.pack(">IHBB", 0x60000000, 8 + len(payload), 17, 64)
     ip6 += ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip6 + struct.pack(">HHHH", 1, 2, 10, 0) + payload
+    udp = struct.pack(">HHHH", 1, 2, 10, 0)
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip6 + udp + payload
 
 
 class CollectingSink:
