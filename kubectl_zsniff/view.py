@@ -224,7 +224,10 @@ def pipe_capture(
 
 def _field(layer: Any, *names: str) -> str:
     for name in names:
-        value = layer.get_field(name) if layer is not None else None
+        try:  # JSON layers raise for a missing field, XML ones return None
+            value = layer.get_field(name) if layer is not None else None
+        except AttributeError:
+            value = None
         if value is not None:
             return str(value)
     return ""
@@ -260,16 +263,20 @@ def row_from_packet(packet: Any) -> Row:
         dst = _field(net, "dst_host", "dst")
         info = ""
     else:
-        eth = packet.get("eth", None)
+        eth = packet["eth"] if "eth" in packet else None  # noqa: SIM401 - Packet has no .get
         src, dst, info = _field(eth, "src"), _field(eth, "dst"), ""
     sport = dport = ""
     for name in ("tcp", "udp"):
         if name in packet:
             transport = packet[name]
             sport, dport = _field(transport, "srcport"), _field(transport, "dstport")
+            if name == "udp" and not info:
+                info = f"{sport} → {dport} Len={_field(transport, 'length')}"
             if name == "tcp" and not info:
-                flags = _field(transport, "flags_str", "flags.str").replace("\u00b7", "").strip()
-                info = f"[{flags}] Seq={_field(transport, 'seq')} Len={_field(transport, 'len')}"
+                info = (
+                    f"{sport} → {dport} Flags={_field(transport, 'flags')} "
+                    f"Seq={_field(transport, 'seq')} Len={_field(transport, 'len')}"
+                )
             break
     return Row(
         number=int(packet.number or 0),

@@ -303,3 +303,42 @@ def test_real_view_says_how_many_it_skipped(tmp_path: Path) -> None:
     skipped = [int(n) for n in re.findall(r"view skipped (\d+) packet", text)]
     assert len(rows) == summary.sent_packets
     assert sum(skipped) == summary.dropped_packets
+
+
+@needs_tshark
+def test_live_view_shows_a_packet_before_the_next_one_arrives(tmp_path: Path) -> None:
+    # pyshark's JSON mode shows each packet only when the next arrives; our PSML path must not.
+    out_path = tmp_path / "view.txt"
+    blocks = demo_stream(2)
+    with out_path.open("wb") as out:
+        sink = ViewSink(view_command(width=200, color="never"), stdout=out, close_timeout=30)
+        sink.write(b"".join(blocks[:4]))  # headers and one packet, then silence
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and out_path.read_text().count("\n") < 1:
+            time.sleep(0.05)
+        assert out_path.read_text().count("\n") == 1, "the lone packet was not shown"
+        sink.write(blocks[4])
+        summary = sink.close()
+    assert summary.sent_packets == 2
+    assert out_path.read_text().count("\n") == 2
+
+
+@needs_tshark
+def test_render_packets_accepts_pyshark_json_packets(tmp_path: Path) -> None:
+    import pyshark
+
+    from kubectl_zsniff.view import render_packets, tshark_parameters
+
+    path = tmp_path / "json.pcapng"
+    path.write_bytes(b"".join(demo_stream(4)))
+    capture = pyshark.FileCapture(
+        str(path), use_json=True, keep_packets=False, custom_parameters=tshark_parameters()
+    )
+    console = record()
+    try:
+        assert render_packets(capture, console) == 4
+    finally:
+        capture.close()
+    lines = console.export_text().splitlines()
+    assert "shop/db-0:9999" in lines[0] and "default/web-1:53000" in lines[0]
+    assert " TCP " in lines[1] and "Seq=1 Len=10" in lines[1]
