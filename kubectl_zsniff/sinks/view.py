@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 SHB_TYPE = 0x0A0D0D0A
 IDB_TYPE = 0x00000001
@@ -114,6 +114,12 @@ def view_command(
     return command
 
 
+def _own_process_group() -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"start_new_session": True}
+
+
 @dataclass(frozen=True)
 class ViewSummary:
     total_packets: int  # packet blocks handed to write()
@@ -156,8 +162,9 @@ class ViewSink:
             stderr=stderr,
             env=env,
             # Own process group: the terminal's Ctrl-C stops the capture, which then closes our
-            # pipe; the view finishes the rows it has instead of dying mid-line.
-            process_group=0,
+            # pipe; the view finishes the rows it has instead of dying mid-line. (process_group is
+            # 3.11+; on 3.10 a new session does the same for signals, output still reaches the tty.)
+            **_own_process_group(),
         )
         assert self._process.stdin is not None
         self._stdin = self._process.stdin
