@@ -6,6 +6,7 @@ stdout may carry capture bytes, so nothing here ever writes to it.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ZsniffError
@@ -102,7 +103,13 @@ class ConsoleReporter:
 def _sink_result_text(label: str, result: Any) -> str:
     if result is None or isinstance(result, int):
         return ""
-    text = getattr(result, "describe", None)
-    if callable(text):
-        return f"{label}: {text()}"
+    if hasattr(result, "dropped_packets") and hasattr(result, "total_packets"):
+        if result.dropped_packets:
+            return (f"{label} skipped {result.dropped_packets:,} of {result.total_packets:,} "
+                    "packets to keep up (the file has them all)")
+        return ""
+    if hasattr(result, "returncode") and hasattr(result, "files"):
+        files = result.files
+        named = ", ".join(getattr(f, "path", Path(str(f))).name for f in files) or "no logs"
+        return f"{label} logs in {result.directory}: {named}"
     return f"{label}: {result}"
