@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,13 +46,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         inodes = {i for i in (runtime.netns_inode(n) for n in names) if i is not None}
         ctl.down(state)
         left_ns = runtime.netns_list(handle.prefix)
+        # SIGKILLed processes may take a moment to leave their netns: poll briefly.
+        deadline = time.monotonic() + 5
         left_procs = runtime.pids_in_netns(inodes) if inodes else []
+        while left_procs and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left_procs = runtime.pids_in_netns(inodes)
+        left_desc = [(p, runtime.proc_stat(p)) for p in left_procs]
         links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True,
                                text=True).stdout
         left_links = [ln for ln in links.splitlines() if handle.prefix in ln]
         server_alive = ctl._alive(handle.server_pid)
         assert not left_ns, f"netns left behind: {left_ns}"
-        assert not left_procs, f"processes left behind: {left_procs}"
+        assert not left_procs, f"processes left behind: {left_desc}"
         assert not left_links, f"links left behind: {left_links}"
         assert not server_alive, "cluster server still running"
 
