@@ -95,7 +95,6 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
         missing = book.load(kube, namespace)
         if missing:
             reporter.progress("names limited: not allowed to list " + ", ".join(missing))
-        book.start_watching(kube, namespace)
 
     sinks: list[Sink] = []
     wrote_anything = False
@@ -104,6 +103,11 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
         container = ensure_capture_container(
             kube, pod, target_container, opts.inject, reporter.progress
         )
+        if book is not None:
+            # Only now: the watches resume from the listed resourceVersion, so nothing is
+            # missed, and a failure before this point exits with no watch thread mid-request
+            # (a daemon thread inside OpenSSL at interpreter exit aborts the process).
+            book.start_watching(kube, namespace)
         endpoint = kube.endpoint()
         pipeline = OutputPipeline(
             sinks, info, container.name, kube.context_name, opts.tcpdump, opts.limits, book
