@@ -102,12 +102,10 @@ class PodPair:
 
     def traffic(self, *, http: int = 0, udp: int = 0, icmp: int = 0, size: int = 300,
                 seconds: float = 0.0, pause: float = 0.05, families: tuple[int, ...] = (4, 6),
-                strict: bool = False, to_pod: str | None = None) -> subprocess.Popen[str]:
-        """Start a bounded generator in the client pod; `.wait()` it or use `run_traffic`."""
-        if to_pod is None:
-            targets = [self.web_ips[0 if f == 4 else 1] for f in families]
-        else:
-            targets = [self.cluster.pod_ip(self.namespace, to_pod, f) for f in families]
+                strict: bool = False, to: list[str] | None = None) -> subprocess.Popen[str]:
+        """Start a bounded generator in the client pod (to the web pod, or to the addresses
+        `to`); `.wait()` it, `stop_process` it, or use `run_traffic`."""
+        targets = to or [self.web_ips[0 if f == 4 else 1] for f in families]
         argv = [POD_PYTHON, PODNET, "traffic", "--http", str(http), "--udp", str(udp),
                 "--icmp", str(icmp), "--size", str(size), "--seconds", str(seconds),
                 "--pause", str(pause)]

@@ -1,0 +1,264 @@
+"""Every failure a user can meet: one `error:` line naming it, a `hint:`, its exit status, no
+traceback, no file left behind, no tcpdump left in the pod. Plus what must work despite the
+cluster: baseline namespaces on containerd, and throttled (429) or unavailable (503) servers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubectl_zsniff.sinks.wireshark import WELL_KNOWN_PATHS
+from tests.e2e.conftest import (
+    PodPair,
+    Zsniff,
+    assert_clean_error,
+    assert_no_capture_left,
+    load,
+    stop_process,
+    unique,
+    zsniff_env,
+)
+
+RESTRICTED_OK = {  # what PodSecurity "restricted" demands of the pod itself
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@dataclass
+class Ctx:
+    """What a case's setup gets, and what it leaves for the run and the checks."""
+
+    cluster: Any
+    tmp: Path
+    home: Path
+    pods: list[tuple[str, str]] = field(default_factory=list)  # to delete afterwards
+    env: dict[str, str] | None = None
+
+    def pod(self, namespace: str = "default", **kw: Any) -> str:
+        name = unique("e2e-fail")
+        self.cluster.create_pod(name, namespace, **kw)
+        self.pods.append((namespace, name))
+        return name
+
+    def kubeconfig(self, change: Callable[[dict[str, Any]], None]) -> str:
+        cfg = json.loads(Path(self.cluster.kubeconfig).read_text())
+        cfg = copy.deepcopy(cfg)
+        change(cfg)
+        path = self.tmp / f"kubeconfig-{len(list(self.tmp.glob('kubeconfig-*')))}"
+        path.write_text(json.dumps(cfg))
+        return str(path)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server(url: str) -> Callable[[dict[str, Any]], None]:
+    def change(cfg: dict[str, Any]) -> None:
+        cfg["clusters"][0]["cluster"]["server"] = url
+    return change
+
+
+def _token(cfg: dict[str, Any]) -> None:
+    cfg["users"][0]["user"]["token"] = "not-the-token"
+
+
+def _no_ca(cfg: dict[str, Any]) -> None:
+    cfg["clusters"][0]["cluster"].pop("certificate-authority-data", None)
+
+
+def _pending(c: Ctx) -> list[str]:
+    pod = c.pod(image="registry.example/does-not-exist:1", wait=False)
+    c.cluster.wait_for(pod, "default", lambda p: p["status"].get("phase") == "Pending")
+    return [pod]
+
+
+def _finished(c: Ctx) -> list[str]:
+    pod = c.pod(command=["true"], restart_policy="Never", wait=False)
+    c.cluster.wait_for(pod, "default", lambda p: p["status"].get("phase") == "Succeeded")
+    return [pod]
+
+
+def _no_ephemeral(c: Ctx) -> list[str]:
+    pod = c.pod()
+    c.cluster.set_ephemeral_supported(False)
+    return [pod]
+
+
+def _restricted(c: Ctx) -> list[str]:
+    return [c.pod("restricted", security_context=RESTRICTED_OK), "-n", "restricted"]
+
+
+def _slow_pull(c: Ctx) -> list[str]:
+    pod = c.pod()
+    c.cluster.set_pull_delay(30)
+    return [pod, "--start-timeout", "2s"]
+
+
+def _crio(c: Ctx) -> list[str]:
+    c.cluster.set_runtime("cri-o")
+    return [c.pod("baseline"), "-n", "baseline"]
+
+
+def _empty_path(c: Ctx) -> None:
+    empty = c.tmp / "empty-bin"
+    empty.mkdir(exist_ok=True)
+    c.env = zsniff_env(c.home, PATH=str(empty))
+    c.env.pop("ZEEK_HOME", None)
+
+
+def _no_wireshark(c: Ctx) -> list[str]:
+    if any(Path(p).exists() for p in WELL_KNOWN_PATHS["linux"]):
+        pytest.skip("Wireshark is installed in a well-known folder here")
+    _empty_path(c)
+    return [c.pod(), "--wireshark"]
+
+
+def _no_zeek(c: Ctx) -> list[str]:
+    _empty_path(c)
+    return [c.pod(), "--zeek", str(c.tmp / "zeek-logs")]
+
+
+def _server_keeps_failing(c: Ctx) -> list[str]:
+    pod = c.pod()
+    # 500, not 503: urllib3 itself retries 429/503 with Retry-After 3 times under each of
+    # zsniff's 5 attempts (20 s); a 500 shows zsniff's own backoff giving up (~3 s).
+    c.cluster.set_faults(api_fail_code=500, api_fail_count=50)
+    return [pod]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    setup: Callable[[Ctx], list[str]]
+    status: int
+    keywords: tuple[str, ...]
+    output: bool = True  # add -w FILE (and check that no file is left)
+
+
+CASES = [
+    Case("pod-missing", lambda c: ["no-such-pod"], 3, ("not found", "no-such-pod")),
+    Case("pod-pending", _pending, 4, ("not running", "Pending")),
+    Case("pod-finished", _finished, 4, ("finished", "Succeeded")),
+    Case("container-unknown", lambda c: [c.pod(), "-c", "nope"], 3, ("container", "nope")),
+    Case("no-ephemeral-containers", _no_ephemeral, 7, ("ephemeral containers",)),
+    Case("rbac-denied", lambda c: [c.pod(), "--context", "zsniff-limited"], 5,
+         ("forbidden", "pods/ephemeralcontainers")),
+    Case("podsecurity-restricted", _restricted, 6, ("restricted",)),
+    Case("podsecurity-privileged-in-baseline",
+         lambda c: [c.pod("baseline"), "-n", "baseline", "--privileged"], 6,
+         ("PodSecurity", "privileged")),
+    Case("image-pull", lambda c: [c.pod(), "--image", "registry.example/does-not-exist:1"], 8,
+         ("pull", "registry.example/does-not-exist:1")),
+    Case("start-timeout", _slow_pull, 9, ("did not start within 2s",)),
+    Case("bad-filter", lambda c: [c.pod(), "tcp", "port"], 10, ("filter", "tcp port")),
+    Case("api-unreachable",
+         lambda c: [c.pod(), "--kubeconfig",
+                    c.kubeconfig(_server(f"https://127.0.0.1:{_closed_port()}"))], 12,
+         ("cannot reach the API server",)),
+    Case("api-keeps-failing", _server_keeps_failing, 12, ("kept failing", "500")),
+    Case("unauthorized", lambda c: [c.pod(), "--kubeconfig", c.kubeconfig(_token)], 13,
+         ("credentials", "401")),
+    Case("tls-unverified", lambda c: [c.pod(), "--kubeconfig", c.kubeconfig(_no_ca)], 12,
+         ("TLS",)),
+    Case("no-net-raw-on-cri-o", _crio, 11, ("not allowed to capture",)),
+    Case("wireshark-missing", _no_wireshark, 15, ("Wireshark",), output=False),
+    Case("zeek-missing", _no_zeek, 15, ("Zeek",), output=False),
+    Case("kubeconfig-missing", lambda c: ["web", "--kubeconfig", str(c.tmp / "nope")], 2,
+         ("kubeconfig",)),
+    Case("context-unknown", lambda c: ["web", "--context", "nope"], 2, ("context", "nope")),
+]
+
+
+@pytest.fixture
+def ctx(cluster: Any, tmp_path: Path, zsniff: Zsniff) -> Any:
+    c = Ctx(cluster, tmp_path, zsniff.home)
+    yield c
+    cluster.reset()
+    for namespace, pod in c.pods:
+        cluster.delete_pod(pod, namespace)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_failure_is_explained(case: Case, ctx: Ctx, zsniff: Zsniff) -> None:
+    args = case.setup(ctx)
+    out = ctx.tmp / "out.pcapng"
+    if case.output:
+        args += ["-w", str(out)]
+    result = zsniff.run(args, env=ctx.env, timeout=120)
+    assert_clean_error(result, case.status, *case.keywords)
+    assert not out.exists(), "a failed capture left a file behind"
+    for namespace, pod in ctx.pods:
+        assert_no_capture_left(ctx.cluster, namespace, pod)
+    if case.id == "no-net-raw-on-cri-o":
+        assert "NET_RAW" in result.stderr  # the hint names the missing capability
+
+
+@pytest.mark.parametrize("args", [
+    ["web", "--bogus"],
+    ["web", "--count", "0"],
+    ["web", "-d", "banana"],
+    ["web", "-f", "tcp", "udp"],
+    ["deploy/web"],
+], ids=["unknown-flag", "count-zero", "bad-duration", "filter-twice", "not-a-pod"])
+def test_bad_usage_exits_2(args: list[str], zsniff: Zsniff, tmp_path: Path) -> None:
+    result = zsniff.run([*args, "-w", str(tmp_path / "x.pcapng")], timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Error:" in result.stderr and "--help" in result.stderr, result.stderr
+    assert not (tmp_path / "x.pcapng").exists()
+
+
+def test_baseline_namespace_captures_on_containerd(
+        ctx: Ctx, pair: PodPair, zsniff: Zsniff) -> None:
+    """containerd's default capabilities keep NET_RAW: no capability added, capture works."""
+    pod = ctx.pod("baseline")
+    out = ctx.tmp / "baseline.pcapng"
+    traffic = pair.traffic(icmp=1, seconds=60, pause=0.1,
+                           to=[ctx.cluster.pod_ip("baseline", pod, 4)])
+    try:
+        result = zsniff.run([pod, "-n", "baseline", "-w", str(out), "--count", "4", "icmp"])
+    finally:
+        stop_process(traffic)
+    assert result.returncode == 0, result.stderr
+    assert len(load(out).packets) == 4
+    spec = ctx.cluster.get_pod(pod, "baseline")["spec"]["ephemeralContainers"][0]
+    assert "capabilities" not in spec.get("securityContext", {}), spec
+    assert_no_capture_left(ctx.cluster, "baseline", pod)
+
+
+@pytest.mark.parametrize("code,match", [(429, ""), (503, "ephemeralcontainers")],
+                         ids=["429-any-request", "503-on-the-patch"])
+def test_throttled_or_unavailable_api_is_retried(
+        code: int, match: str, ctx: Ctx, zsniff: Zsniff) -> None:
+    pod = ctx.pod()
+    ctx.cluster.set_faults(api_fail_code=code, api_fail_count=2, api_fail_retry_after=1,
+                           api_fail_match=match)
+    out = ctx.tmp / "retried.pcapng"
+    result = zsniff.run([pod, "-w", str(out), "-d", "1s"])
+    assert result.returncode == 0, result.stderr
+    assert "error:" not in result.stderr
+    assert ctx.cluster.state()["faults"]["api_fail_count"] == 0, "the faults were not hit"
+    assert load(out).interfaces, "the capture file has its header"
+    assert_no_capture_left(ctx.cluster, "default", pod)
+
+
+def test_errors_go_to_stderr_only(ctx: Ctx, zsniff: Zsniff) -> None:
+    """With -w -, stdout carries capture bytes only: a failure writes nothing there."""
+    result = zsniff.run(["no-such-pod", "-w", "-"])
+    assert result.returncode == 3
+    assert result.stdout == ""
