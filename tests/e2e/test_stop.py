@@ -1,0 +1,119 @@
+"""How a capture ends when the user, the reader or the network ends it: the exit status, a
+valid file with the packets so far, the summary, and no tcpdump left running in the pod."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    PodPair,
+    RefCapture,
+    Zsniff,
+    assert_no_capture_left,
+    capinfos_ok,
+    load,
+    stop_process,
+    wait_capture_live,
+)
+
+
+@pytest.mark.parametrize("sig,status,reason", [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_capture_keeps_a_valid_file(
+        sig: int, status: int, reason: str, pair: PodPair, zsniff: Zsniff,
+        tmp_path: Path) -> None:
+    out = tmp_path / "stopped.pcapng"
+    traffic = pair.traffic(udp=1, icmp=1, seconds=60, pause=0.05)
+    try:
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out)])
+        try:
+            wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)
+            time.sleep(1.0)  # a second of traffic: some 80 packets
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            stop_process(proc)
+    finally:
+        stop_process(traffic)
+    stderr = err.decode()
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert f"stopped: {reason}" in stderr, stderr
+    assert "tcpdump stopped in the pod (verified)" in stderr
+    capinfos_ok(out)
+    packets = load(out).packets
+    assert len(packets) >= 10, len(packets)
+    assert f"{len(packets):,} packets" in stderr  # the summary counts what the file holds
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
+
+
+def test_closed_reader_ends_the_capture_promptly(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """`kubectl zsniff POD -w - | head -c 100`: zsniff exits 17 soon after head is gone."""
+    traffic = pair.traffic(udp=1, icmp=1, seconds=60, pause=0.05)
+    try:
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", "-"],
+                            stdout=subprocess.PIPE)
+        head = subprocess.Popen(["head", "-c", "100"], stdin=proc.stdout,
+                                stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.close()  # head holds the only read end, like a shell pipe
+        try:
+            got, _ = head.communicate(timeout=60)
+            head_done = time.monotonic()
+            _, err = proc.communicate(timeout=30)
+            elapsed = time.monotonic() - head_done
+        finally:
+            stop_process(head)
+            stop_process(proc)
+    finally:
+        stop_process(traffic)
+    stderr = err.decode()
+    assert len(got) == 100 and got[:4] == b"\x0a\x0d\x0d\x0a", got[:8]
+    assert proc.returncode == 17, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert "stopped: the reader went away" in stderr, stderr
+    assert elapsed < 10, f"zsniff took {elapsed:.1f} s to notice the reader was gone"
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
+
+
+def test_lost_stream_keeps_every_whole_packet_before_the_cut(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """The API server cuts the exec stream after CUT bytes of tcpdump's pcap output: exit 14,
+    and the file holds exactly the whole packets within those bytes, as tcpdump saw them."""
+    cut = 20_000
+    out = tmp_path / "cut.pcapng"
+    ref = RefCapture(pair.cluster, pair.namespace, pair.web, tmp_path / "ref.pcap",
+                     ["udp or icmp or icmp6"])
+    traffic = pair.traffic(udp=1, icmp=1, size=300, seconds=60, pause=0.02)
+    try:
+        pair.cluster.set_faults(exec_drop_after_bytes=cut)
+        result = zsniff.run([pair.web, "-n", pair.namespace, "-w", str(out),
+                             "udp or icmp or icmp6"], timeout=120)
+        time.sleep(0.5)  # the reference sees the packets after the cut too
+    finally:
+        stop_process(traffic)
+        ref.stop()
+    assert result.returncode == 14, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: lost the connection" in result.stderr, result.stderr
+    assert "hint: the capture file is valid up to the last whole packet" in result.stderr
+    capinfos_ok(out)
+    mine = load(out).packets
+    theirs = load(ref.path).packets
+    assert mine, "packets flowed before the cut"
+    datas = [p.data for p in theirs]
+    start = datas.index(mine[0].data)
+    assert datas[start:start + len(mine)] == [p.data for p in mine]
+    # tcpdump's stream: a 24-byte header, then a 16-byte header and the bytes of each packet.
+    kept = 24 + sum(16 + p.caplen for p in mine)
+    following = theirs[start + len(mine)]
+    assert kept <= cut < kept + 16 + following.caplen, (kept, cut, following.caplen)
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
