@@ -105,8 +105,8 @@ class TcpdumpReport:
             with contextlib.suppress(IndexError, ValueError):
                 self.pid = int(line.split()[1])
             return
-        if line.startswith("listening on "):
-            self.listening = line
+        if line.startswith(("listening on ", "tcpdump: listening on ")):
+            self.listening = line.removeprefix("tcpdump: ")
             return
         match = self._COUNTERS.match(line)
         if match:
@@ -540,7 +540,14 @@ class CaptureStream:
             if pipeline.stop_reason is not None and not self._stop.is_set():
                 self._stop.set()
 
-        run_task = asyncio.create_task(session.run(on_stdout, self.report.feed))
+        def on_stderr(data: bytes) -> None:
+            was_listening = self.report.listening
+            self.report.feed(data)
+            if self.report.listening and not was_listening:
+                # tcpdump's own word that packets now flow: users and scripts wait for it.
+                self.reporter.progress(f"tcpdump {self.report.listening}")
+
+        run_task = asyncio.create_task(session.run(on_stdout, on_stderr))
         stop_task = asyncio.create_task(self._stop.wait())
         stats_task = asyncio.create_task(self._report_stats(started))
         duration = self.limits.duration

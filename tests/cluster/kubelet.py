@@ -82,7 +82,9 @@ class Kubelet:
         self.net = net
         self.log_dir = log_dir
         self.pods: dict[tuple[str, str], PodRun] = {}
-        self._next_index = 1
+        # Indices (hence addresses) in use, including pods still being torn down. A new pod
+        # takes the lowest free one: freed pod IPs are reused, as CNI IPAMs do.
+        self._used_indices: set[int] = set()
         self._next_node = 0
         self.pull_delay = 0.0
         self.default_caps: tuple[str, ...] = runtime.CONTAINERD_CAPS
@@ -118,8 +120,10 @@ class Kubelet:
 
     def start(self, pod: Obj) -> None:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        pr = PodRun(ns, name, self._next_index)
-        self._next_index += 1
+        index = next(i for i in range(1, len(self._used_indices) + 2)
+                     if i not in self._used_indices)
+        self._used_indices.add(index)
+        pr = PodRun(ns, name, index)
         self.pods[(ns, name)] = pr
         self._task(pr, self._run_pod(pr, pod))
 
@@ -318,6 +322,7 @@ class Kubelet:
                 if ino is not None:
                     await asyncio.to_thread(runtime.kill_netns_processes, {ino}, grace)
                 await asyncio.to_thread(self.net.remove_pod, pr.index)
+            self._used_indices.discard(pr.index)
             for cr in pr.containers.values():
                 if cr.stdin_keep is not None:
                     with contextlib.suppress(OSError):
