@@ -202,6 +202,7 @@ def file_capture(
         only_summaries=True,
         display_filter=display_filter,
         custom_parameters=tshark_parameters(time_format, hosts_file),
+        eventloop=_event_loop(),
     )
 
 
@@ -219,7 +220,21 @@ def pipe_capture(
         only_summaries=True,
         display_filter=display_filter,
         custom_parameters=tshark_parameters(time_format, hosts_file),
+        eventloop=_event_loop(),
     )
+
+
+def _event_loop() -> Any:
+    """A loop for pyshark: after any asyncio.run() in this thread there is no current one,
+    and pyshark's own asyncio.get_event_loop() then raises."""
+    import asyncio
+
+    try:
+        return asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        return loop
 
 
 def _field(layer: Any, *names: str) -> str:
