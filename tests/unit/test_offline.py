@@ -1,0 +1,188 @@
+"""Offline commands on real traces: convert with names, hosts files, names read back, enrich.
+
+The traces are Zeek's own test traces (../shared/data/zeek) and a capture made with plain tcpdump.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.offline import convert_capture, hosts_file_text, names_from_capture
+from kubectl_zsniff.pcapng import Interface, PacketRecord, read_capture
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data" / "zeek"
+if not SHARED.exists():  # CI lays shared/ beside the clone
+    SHARED = Path(os.environ.get("ZSNIFF_SHARED", "/work/shared")) / "data" / "zeek"
+TRACES = SHARED / "traces"
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+needs_traces = pytest.mark.skipif(not TRACES.exists(), reason="shared Zeek traces not found")
+
+
+def tshark_fields(path: Path, *fields: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
+    args = ["tshark", "-r", str(path), "-N", "n", *extra, "-T", "fields"]
+    for field in fields:
+        args += ["-e", field]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def zsniff(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+
+
+@needs_tshark
+@needs_traces
+@pytest.mark.parametrize(
+    ("trace", "names"),
+    [
+        ("wikipedia.pcap", {"141.142.220.118": "web/client-0", "208.80.152.118": "web/svc/wiki"}),
+        ("ftp/ipv6.pcap", {"2001:470:1f11:81f:c999:d94:aa7c:2e3e": "ftp/client",
+                           "2001:470:4867:99::21": "ftp/server-0"}),
+        ("pcapng-multi-interface.pcapng", {"10.0.0.4": "net/client", "1.1.1.1": "net/dns"}),
+    ],
+)
+def test_convert_puts_names_on_every_packet_and_keeps_them(
+    tmp_path: Path, trace: str, names: dict[str, str]
+) -> None:
+    source = TRACES / trace
+    out = tmp_path / "named.pcapng"
+    summary = convert_capture(source, out, names, "test")
+    original = tshark_fields(source, "frame.len", "frame.time_epoch")
+    converted = tshark_fields(out, "frame.len", "frame.time_epoch")
+    assert summary.packets == len(original)
+    assert converted == original  # same packets, same times, in the same order
+    assert out.stat().st_mode & 0o777 == 0o600
+    src_field = "ipv6.src_host" if ":" in next(iter(names)) else "ip.src_host"
+    seen = {row[0] for row in tshark_fields(out, src_field) if row and row[0]}
+    assert set(names.values()) & seen, seen
+    # Interfaces of a multi-interface pcapng stay separate, with names.
+    source_ifaces = [e for e in read_capture(str(source)) if isinstance(e, Interface)]
+    out_ifaces = [e for e in read_capture(str(out)) if isinstance(e, Interface)]
+    assert len(out_ifaces) == len(source_ifaces)
+    assert all(i.name for i in out_ifaces)
+
+
+@needs_tshark
+def test_convert_a_plain_tcpdump_capture(tmp_path: Path) -> None:
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump not installed")
+    raw = tmp_path / "plain.pcap"
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", str(raw), "udp port 47999"],
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(5):
+                s.sendto(b"zsniff", ("127.0.0.1", 47999))
+                time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    if not raw.exists() or raw.stat().st_size <= 24:
+        pytest.skip("tcpdump could not capture on lo here")
+    out = tmp_path / "named.pcapng"
+    convert_capture(raw, out, {"127.0.0.1": "default/local"}, "test")
+    rows = tshark_fields(out, "ip.src_host", "ip.dst_host")
+    assert rows and all(r == ["default/local", "default/local"] for r in rows)
+
+
+@needs_tshark
+@needs_traces
+def test_hosts_file_works_with_tshark(tmp_path: Path) -> None:
+    hosts = tmp_path / "k8s.hosts"
+    hosts.write_text(hosts_file_text({"141.142.220.118": "web/client-0"}))
+    rows = tshark_fields(TRACES / "wikipedia.pcap", "ip.src_host",
+                         extra=("-H", str(hosts)))
+    assert ["web/client-0"] in rows
+
+
+def test_convert_refuses_junk_and_missing_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"this is not a capture at all")
+    with pytest.raises(ZsniffError) as err:
+        convert_capture(junk, tmp_path / "out.pcapng", {}, "t")
+    assert err.value.status == ExitStatus.USAGE
+    with pytest.raises(ZsniffError) as err:
+        convert_capture(tmp_path / "nope.pcap", tmp_path / "out.pcapng", {}, "t")
+    assert err.value.status == ExitStatus.USAGE
+
+
+@needs_traces
+def test_names_read_back_follow_time(tmp_path: Path) -> None:
+    from kubectl_zsniff.capture import OutputPipeline
+    from kubectl_zsniff.inject import PodInfo
+    from kubectl_zsniff.namemap import PodName
+    from kubectl_zsniff.names import NameBook
+    from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
+    from kubectl_zsniff.pcap import encode_pcap_header, encode_pcap_record
+    from tests.unit.test_pipeline import CollectingSink, udp_frame
+
+    book = NameBook(clock=lambda: 0.0)
+    book.set_object(("pods", "a", "old"), [("10.1.0.9", PodName("a/old", "a"))])
+    book.drain_changes()
+    sink = CollectingSink("pcapng")
+    pod = PodInfo("a", "web", "n", ("c",), "Running", ("10.1.0.1",))
+    pipe = OutputPipeline([sink], pod, "z", "ctx", TcpdumpOptions(), CaptureLimits(), book)
+    pipe.feed(encode_pcap_header(1))
+    pipe.feed(encode_pcap_record(1000, 0, udp_frame("10.1.0.9", "10.1.0.1")))
+    book.set_object(("pods", "a", "old"), [])
+    book.set_object(("pods", "a", "heir"), [("10.1.0.9", PodName("a/heir", "a"))])
+    pipe.feed(encode_pcap_record(2000, 0, udp_frame("10.1.0.9", "10.1.0.1")))
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(sink.data)
+    names = names_from_capture(path)
+    old, new = names.lookup("10.1.0.9", 1000.5), names.lookup("10.1.0.9", 2000.5)
+    assert old is not None and old.name == "a/old"
+    assert new is not None and new.name == "a/heir"
+    web = names.lookup("10.1.0.1")
+    assert web is not None and web.namespace == "a"
+    packets = [e for e in read_capture(str(path)) if isinstance(e, PacketRecord)]
+    assert len(packets) == 2
+
+
+@needs_traces
+def test_enrich_command_names_zeek_logs_from_a_hosts_file(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(SHARED / "decanon" / "opt.basic_conn.log", logs / "conn.log")
+    shutil.copy(
+        SHARED / "decanon"
+        / "scripts.base.frameworks.logging.json-non-printable-escaping_http.log.json",
+        logs / "http.log",
+    )
+    hosts = tmp_path / "names.hosts"
+    hosts.write_text("141.142.220.118 web/client-0\n141.142.228.5 web/svc/proxy\n")
+    result = zsniff("enrich", str(logs), "--names-from", str(hosts))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    conn = (logs / "conn.log").read_text().splitlines()
+    fields = next(line for line in conn if line.startswith("#fields")).split("\t")[1:]
+    assert {"orig_pod", "resp_pod"} <= set(fields)
+    rows = [dict(zip(fields, line.split("\t"), strict=True))
+            for line in conn if not line.startswith("#")]
+    named = [r for r in rows if r["id.orig_h"] == "141.142.220.118"]
+    assert named and all(r["orig_pod"] == "web/client-0" for r in named)
+    for line in (logs / "http.log").read_text().splitlines():
+        json.loads(line)  # still one JSON object per line
+
+
+def test_enrich_command_rejects_a_missing_path(tmp_path: Path) -> None:
+    result = zsniff("enrich", str(tmp_path / "nope"), "--names-from", "/dev/null")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
