@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ZEEK_TRACES = Path("/work/shared/data/zeek/traces")
+from tests.shared_data import ZEEK_TRACES as ZEEK_TRACES
+
 LINKTYPE_ETHERNET = 1
 
 

@@ -6,7 +6,6 @@ The traces are Zeek's own test traces (../shared/data/zeek) and a capture made w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,12 +17,10 @@ import pytest
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.offline import convert_capture, hosts_file_text, names_from_capture
 from kubectl_zsniff.pcapng import Interface, PacketRecord, read_capture
+from tests.shared_data import ZEEK_DATA, ZEEK_TRACES
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data" / "zeek"
-if not SHARED.exists():  # CI lays shared/ beside the clone
-    SHARED = Path(os.environ.get("ZSNIFF_SHARED", "/work/shared")) / "data" / "zeek"
-TRACES = SHARED / "traces"
+SHARED = ZEEK_DATA
+TRACES = ZEEK_TRACES
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 needs_traces = pytest.mark.skipif(not TRACES.exists(), reason="shared Zeek traces not found")
 

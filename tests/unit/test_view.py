@@ -25,13 +25,11 @@ from kubectl_zsniff.sinks.view import (
     skip_marker,
     view_command,
 )
+from tests.shared_data import ZEEK_TRACES
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
-WIKIPEDIA = Path("/work/shared/data/zeek/traces/wikipedia.pcap")
-for _candidate in (Path(__file__).resolve().parents[3] / "shared/data/zeek/traces/wikipedia.pcap",):
-    if _candidate.is_file():
-        WIKIPEDIA = _candidate
+WIKIPEDIA = ZEEK_TRACES / "wikipedia.pcap"
 
 WEB, DB, OTHER = "10.244.0.5", "10.244.0.6", "10.244.0.9"
 

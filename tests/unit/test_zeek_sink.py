@@ -20,8 +20,9 @@ import kubectl_zsniff.sinks.zeek as zeek_mod
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.namemap import DictNameMap, PodName
 from kubectl_zsniff.sinks.zeek import ZeekSink, find_zeek
+from tests.shared_data import ZEEK_DATA
 
-DATA = Path(os.environ.get("ZSNIFF_ZEEK_DATA", "/work/shared/data/zeek"))
+DATA = ZEEK_DATA
 GET_PCAP = DATA / "traces" / "http" / "get.pcap"
 MULTI_PCAPNG = DATA / "traces" / "pcapng-multi-interface.pcapng"
 GET_CONN = DATA / "decanon" / "core.tcp.reassembly-known-ports_conn.log"

@@ -22,8 +22,9 @@ from kubectl_zsniff.zeeklog import (
     enrich_paths,
     read_tsv,
 )
+from tests.shared_data import ZEEK_DATA
 
-DATA = Path(os.environ.get("ZSNIFF_ZEEK_DATA", "/work/shared/data/zeek"))
+DATA = ZEEK_DATA
 DECANON = sorted((DATA / "decanon").glob("*")) if (DATA / "decanon").is_dir() else []
 BASELINES = sorted(p for p in (DATA / "baselines").glob("*/*") if p.name != "output")
 BASELINE_TSV = [p for p in BASELINES if not p.name.endswith(".json")]
