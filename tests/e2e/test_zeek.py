@@ -1,0 +1,104 @@
+"""`--zeek DIR` on a live capture: Zeek gets the stream, its logs come back with pod names.
+
+No Zeek binary installs on these machines, so the zeek PROGRAM is a stand-in (named so in the
+test): it reads the stream on stdin as `zeek -r -` would, keeps it, and writes a conn.log with
+the real Zeek header of ../shared/data/zeek for the connections it finds (via tshark). Everything
+else is real: the CLI, the cluster, the traffic, the enrichment, and parsezeeklogs reading back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.shared_data import ZEEK_DATA
+
+STAND_IN_ZEEK = textwrap.dedent("""\
+    #!{python}
+    import json, subprocess, sys
+    args = sys.argv[1:]
+    open("argv.json", "w").write(json.dumps(args))
+    data = sys.stdin.buffer.read()
+    open("received.pcap", "wb").write(data)
+    header = [l for l in open({baseline!r}) if l.startswith("#") and not l.startswith("#close")]
+    fields = next(l for l in header if l.startswith("#fields")).rstrip("\\n").split("\\t")[1:]
+    rows = subprocess.run(
+        ["tshark", "-r", "received.pcap", "-Y", "icmp.type == 8", "-T", "fields",
+         "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst"],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    with open("conn.log", "w") as log:
+        log.writelines(header)
+        for i, row in enumerate(rows):
+            ts, src, dst = row.split("\\t")
+            cells = dict.fromkeys(fields, "-")
+            cells.update({{"ts": ts, "uid": f"C{{i}}", "id.orig_h": src, "id.orig_p": "8",
+                          "id.resp_h": dst, "id.resp_p": "0", "proto": "icmp"}})
+            log.write("\\t".join(cells[f] for f in fields) + "\\n")
+        log.write("#close\\t1970-01-01-00-00-00\\n")
+""")
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@pytest.mark.skipif(shutil.which("ping") is None, reason="ping (iputils-ping) not installed")
+def test_zeek_on_live_capture_with_stand_in_zeek_program(
+    cluster: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    from parsezeeklogs import ZeekLog
+
+    baseline = ZEEK_DATA / "decanon" / "opt.basic_conn.log"
+    if not baseline.exists():
+        pytest.skip(f"shared Zeek data not found at {ZEEK_DATA}")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    zeek = bindir / "zeek"
+    zeek.write_text(STAND_IN_ZEEK.format(python=sys.executable, baseline=str(baseline)))
+    zeek.chmod(0o755)
+
+    cluster.create_pod("zeek-web", command=["sleep", "3600"])
+    cluster.create_pod("zeek-client", command=["sleep", "3600"])
+    web_ip = cluster.pod_ip("default", "zeek-web")
+    logs = tmp_path / "logs"
+    env = dict(os.environ, HOME=str(kube_home), KUBECONFIG=str(cluster.kubeconfig),
+               PATH=f"{bindir}:{os.environ['PATH']}")
+    exe = shutil.which("kubectl-zsniff") or "kubectl-zsniff"
+    capture = subprocess.Popen(
+        [exe, "zeek-web", "--zeek", str(logs), "--image", "busybox", "icmp"],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    assert capture.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = capture.stderr.readline()
+        if "listening on" in line or (not line and capture.poll() is not None):
+            break
+    ping = cluster.run_in_pod("default", "zeek-client",
+                              ["ping", "-c", "3", "-i", "0.2", web_ip],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ping.wait(timeout=30)
+    time.sleep(0.5)
+    capture.send_signal(2)
+    _, err = capture.communicate(timeout=120)
+    assert capture.returncode == 130, err
+    assert "Zeek logs in" in err
+
+    # Zeek was run the way the README says, on tcpdump's classic pcap (one link type).
+    import json
+
+    assert json.loads((logs / "argv.json").read_text()) == ["-C", "-r", "-"]
+    assert (logs / "received.pcap").read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+    records = list(ZeekLog(str(logs / "conn.log")))
+    assert len(records) == 3
+    for record in records:
+        assert record["orig_pod"] == "default/zeek-client"
+        assert record["resp_pod"] == "default/zeek-web"
+        assert record["orig_namespace"] == "default"
+    cluster.delete_pod("zeek-client")
+    cluster.delete_pod("zeek-web")
