@@ -1,0 +1,177 @@
+"""More of what a user sees, end to end on the local test cluster: exec credential plugins,
+the terminal view, hosts files and Zeek log enrichment from the cluster, the live status line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.shared_data import ZEEK_DATA
+
+EXE = shutil.which("kubectl-zsniff")
+ZSNIFF = [EXE] if EXE else [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()"]
+needs_ping = pytest.mark.skipif(shutil.which("ping") is None, reason="ping not installed")
+
+
+def env_for(home: Path, kubeconfig: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(HOME=str(home), KUBECONFIG=str(kubeconfig))
+    return env
+
+
+def ping(cluster: Any, pod: str, target: str) -> None:
+    cluster.run_in_pod("default", pod, ["ping", "-c", "4", "-i", "0.2", target],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(timeout=30)
+
+
+def wait_for_listening(stream: Any) -> None:
+    """Read the CLI's stderr until tcpdump listens (or the CLI ends)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line or "listening on" in line:
+            return
+
+
+@pytest.fixture(scope="module")
+def pods(cluster: Any) -> Any:
+    cluster.create_pod("out-web", command=["sleep", "3600"])
+    cluster.create_pod("out-client", command=["sleep", "3600"])
+    yield cluster.pod_ip("default", "out-web"), cluster.pod_ip("default", "out-client")
+    cluster.delete_pod("out-web")
+    cluster.delete_pod("out-client")
+
+
+def test_exec_credential_plugin_token_reaches_the_exec_stream(
+    cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """EKS/GKE/AKS style auth: the token comes from a plugin, for REST and for the websocket."""
+    config = json.loads(cluster.kubeconfig.read_text())
+    admin = next(u for u in config["users"] if u["name"] == "admin")
+    token = admin["user"].pop("token")
+    plugin = tmp_path / "token-plugin"
+    plugin.write_text(
+        f"#!{sys.executable}\nimport json\nprint(json.dumps({{"
+        '"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", '
+        f'"status": {{"token": "{token}"}}}}))\n'
+    )
+    plugin.chmod(0o755)
+    admin["user"]["exec"] = {"apiVersion": "client.authentication.k8s.io/v1",
+                             "command": str(plugin), "interactiveMode": "Never"}
+    kubeconfig = tmp_path / "plugin.kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    out = tmp_path / "p.pcapng"
+    result = subprocess.run(
+        [*ZSNIFF, "out-web", "-d", "2s", "-w", str(out), "--image", "busybox"],
+        env=env_for(kube_home, kubeconfig), capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "listening on eth0" in result.stderr
+    assert token not in result.stderr + result.stdout
+    assert out.exists()
+
+
+@needs_ping
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_terminal_view_shows_pod_names(cluster: Any, pods: Any, kube_home: Path) -> None:
+    web_ip, _ = pods
+    proc = subprocess.Popen(
+        [*ZSNIFF, "out-web", "--view", "-d", "8s", "--image", "busybox", "icmp"],
+        env=env_for(kube_home, cluster.kubeconfig), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    wait_for_listening(proc.stderr)
+    ping(cluster, "out-client", web_ip)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 0, stderr
+    rows = [line for line in stdout.splitlines() if "→" in line]
+    assert len(rows) == 8, stdout  # 4 requests, 4 replies
+    assert all("default/out-client" in r and "default/out-web" in r for r in rows)
+    assert all("ICMP" in r for r in rows)
+
+
+def test_hosts_file_from_the_cluster(cluster: Any, pods: Any, kube_home: Path) -> None:
+    web_ip, client_ip = pods
+    result = subprocess.run([*ZSNIFF, "hosts"], env=env_for(kube_home, cluster.kubeconfig),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = {tuple(line.split("\t")) for line in result.stdout.splitlines()
+             if not line.startswith("#")}
+    assert (web_ip, "default/out-web") in lines
+    assert (client_ip, "default/out-client") in lines
+    assert ("10.244.0.2", "node/node-a") in lines
+
+
+def test_enrich_zeek_log_with_names_from_the_cluster(
+    cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    from parsezeeklogs import ZeekLog
+
+    web_ip, client_ip = pods
+    baseline = ZEEK_DATA / "decanon" / "core.tcp.reassembly-known-ports_conn.log"
+    if not baseline.exists():
+        pytest.skip(f"shared Zeek data not found at {ZEEK_DATA}")
+    lines = baseline.read_text().splitlines(keepends=True)
+    fields = next(x for x in lines if x.startswith("#fields")).rstrip("\n").split("\t")[1:]
+    row = next(x for x in lines if not x.startswith("#")).rstrip("\n").split("\t")
+    row[fields.index("id.orig_h")], row[fields.index("id.resp_h")] = client_ip, web_ip
+    log = tmp_path / "conn.log"
+    log.write_text("".join(x for x in lines if x.startswith("#") and not x.startswith("#close"))
+                   + "\t".join(row) + "\n" + next(x for x in lines if x.startswith("#close")))
+    result = subprocess.run([*ZSNIFF, "enrich", str(log)],
+                            env=env_for(kube_home, cluster.kubeconfig),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (record,) = list(ZeekLog(str(log)))
+    assert record["orig_pod"] == "default/out-client"
+    assert record["resp_pod"] == "default/out-web"
+    assert record["id.orig_h"] == client_ip  # the original fields are untouched
+
+
+@needs_ping
+def test_live_status_line_on_a_terminal(cluster: Any, pods: Any, kube_home: Path,
+                                        tmp_path: Path) -> None:
+    web_ip, _ = pods
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*ZSNIFF, "out-web", "-d", "6s", "-w", str(tmp_path / "t.pcapng"), "--image", "busybox",
+         "icmp"],
+        env=env_for(kube_home, cluster.kubeconfig), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=follower,
+    )
+    os.close(follower)
+    screen = b""
+    pinged = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+            if not pinged and b"listening on" in screen:
+                ping(cluster, "out-client", web_ip)
+                pinged = True
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(leader)
+    text = screen.decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    assert "capturing" in text and "packets" in text and "/s" in text
+    assert "8 packets" in text  # the summary after the status line
