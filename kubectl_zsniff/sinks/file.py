@@ -46,6 +46,9 @@ class FileSink:
             return
         try:
             self._file.write(data)
+            # One write per exec frame (as kubectl does): the file grows while capturing, so
+            # `tshark -r` or `tail -f` see packets now, not when 1 MB or the capture ends.
+            self._file.flush()
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
         self.bytes_written += len(data)
