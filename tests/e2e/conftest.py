@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,11 +30,13 @@ PODNET = str(HERE / "podnet.py")
 POD_PYTHON = "/usr/bin/python3"  # Debian's, not a pyenv shim: it runs inside the netns
 IMAGE = "busybox"  # images are ignored by the test cluster; tcpdump comes from the host
 
-_console = shutil.which("kubectl-zsniff")
-ZSNIFF: list[str] = (
-    [_console] if _console
-    else [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()"]
-)
+REPO_ROOT = HERE.parents[1]
+# The CLI of this checkout (PYTHONPATH below), not whichever copy an editable install points
+# at: the `kubectl-zsniff` console script runs the same main() with the installed package.
+ZSNIFF: list[str] = [
+    sys.executable, "-c",
+    "import sys; sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli import main; main()",
+]
 _names = itertools.count(1)
 
 
@@ -45,7 +46,8 @@ def unique(prefix: str) -> str:
 
 def zsniff_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **extra)
+    path = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path), **extra)
     env.pop("KUBECONFIG", None)
     return env
 

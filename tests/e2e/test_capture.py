@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import signal
 import stat
 import subprocess
 import time
@@ -29,6 +30,7 @@ from tests.e2e.conftest import (
     tshark_fields,
     unique,
     wait_capture_live,
+    wait_until,
     zsniff_env,
 )
 
@@ -238,3 +240,29 @@ def test_max_size_keeps_the_file_under_the_limit(
     assert len(load(out).packets) >= 8
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
 
+
+
+def test_file_shows_packets_while_capturing(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """A growing capture file can be read while zsniff runs (tshark -r, tail -f | tshark -i -):
+    packets reach the disk within seconds, not when a buffer fills or the capture ends."""
+    out = tmp_path / "live.pcapng"
+    traffic = pair.traffic(icmp=1, seconds=60, pause=0.2, families=(4,))
+    try:
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out)])
+        try:
+            wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)
+
+            def on_disk() -> int:
+                return out.exists() and len(load(out).packets)  # type: ignore[return-value]
+
+            wait_until(on_disk, 5, "the first packets in the file while capturing", 0.1)
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        finally:
+            stop_process(proc)
+    finally:
+        stop_process(traffic)
+    assert proc.returncode == 130
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
