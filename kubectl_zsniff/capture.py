@@ -428,6 +428,17 @@ class OutputPipeline:
         if self.limits.max_bytes is not None and self.output_bytes >= self.limits.max_bytes:
             self.stop_reason = self.stop_reason or StopReason.SIZE_LIMIT
 
+    def check_readers(self) -> bool:
+        """Drop sinks whose reader is gone; True when that leaves none (the capture stops)."""
+        for sink in list(self.sinks):
+            gone = getattr(sink, "reader_gone", None)
+            if gone is not None and gone():
+                self.sinks.remove(sink)
+                self.closed_sinks.append(sink.label)
+                if not self.sinks:
+                    self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
+        return self.stop_reason is StopReason.READER_CLOSED
+
     def close(self) -> list[tuple[str, Any]]:
         results = []
         for sink in self.sinks:
@@ -621,6 +632,10 @@ class CaptureStream:
             self.reporter.stats(
                 self.pipeline.packets, self.pipeline.data_bytes, time.monotonic() - started
             )
+            # A reader that went away is noticed now, not at the next packet, which on a
+            # quiet pod may never come.
+            if self.pipeline.check_readers() and not self._stop.is_set():
+                self._stop.set()
 
     async def _stop_remote(
         self, session: ExecSession, run_task: asyncio.Task[Any], notes: list[str]

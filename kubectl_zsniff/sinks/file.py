@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -104,6 +105,18 @@ class StdoutSink:
                 f"writing to standard output failed: {exc.strerror}", "", ExitStatus.OUTPUT_ERROR
             ) from exc
         self.bytes_written += len(data)
+
+    def reader_gone(self) -> bool:
+        """The pipe's reader closed its end (poll reports an error on our end)."""
+        if self._out is None:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(self._out.fileno(), select.POLLOUT)
+            events = poller.poll(0)
+        except (OSError, ValueError, AttributeError):  # not a pollable file, or Windows
+            return False
+        return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
 
     def close(self) -> int:
         if self._out is not None:

@@ -105,6 +105,10 @@ class WiresharkSink:
             raise ReaderClosed("Wireshark was closed") from exc
         self.bytes_written += len(data)
 
+    def reader_gone(self) -> bool:
+        """Wireshark's window was closed (its process ended)."""
+        return self._proc is None or self._proc.poll() is not None
+
     def close(self) -> int:
         proc = self._proc
         if proc is not None and proc.stdin is not None:
