@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import signal
 import stat
 import subprocess
@@ -119,7 +120,7 @@ def test_pcap_output_is_tcpdumps_stream(pair: PodPair, zsniff: Zsniff, tmp_path:
 def test_stdout_pipes_into_tshark(pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
     traffic = pair.traffic(icmp=1, udp=1, seconds=60, pause=0.1, families=(4,))
     try:
-        cmd = " ".join(f"'{a}'" for a in zsniff.argv(
+        cmd = shlex.join(zsniff.argv(
             [pair.web, "-n", pair.namespace, "-w", "-", "--count", "6", "icmp"]))
         proc = subprocess.run(
             ["bash", "-c", f"set -o pipefail; {cmd} | tshark -r - -N n -T fields "
