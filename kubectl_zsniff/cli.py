@@ -162,9 +162,13 @@ def _kube_options(func: Any) -> Any:
 @cli.command(
     "capture", epilog=CAPTURE_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.argument("pod", metavar="POD")
-@click.argument("filter_words", nargs=-1, metavar="[BPF FILTER...]")
+@click.argument("words", nargs=-1, metavar="POD [pod/POD...] [BPF FILTER...]")
 @_kube_options
+@click.option("-l", "--selector", default=None,
+              help="Capture every running pod matching this label selector, in one file.")
+@click.option("-A", "--all-namespaces", is_flag=True, help="With -l: look in every namespace.")
+@click.option("--max-pods", type=click.IntRange(1), default=20, show_default=True,
+              help="Refuse to capture more pods than this at once.")
 @click.option("-c", "--container", help="Container whose network to capture (default: first).")
 @click.option(
     "-i",
@@ -280,20 +284,41 @@ def capture_command(**kw: Any) -> None:
     sys.exit(status)
 
 
+def split_targets(words: list[str], selector: str | None) -> tuple[list[str], list[str]]:
+    """(pods, filter words): the first word is a pod (unless -l is given), then pod/NAME words."""
+    words = list(words)
+    pods: list[str] = []
+    if not selector:
+        if not words:
+            raise click.UsageError("give a POD to capture (or -l SELECTOR)")
+        pods.append(words.pop(0))
+    while words and "/" in words[0] and words[0].split("/", 1)[0].isalpha():
+        pods.append(words.pop(0))
+    names = []
+    for pod in pods:
+        if "/" in pod:
+            kind, _, name = pod.partition("/")
+            if kind not in ("pod", "pods", "po") or not name:
+                raise click.BadParameter(
+                    f"only pods can be named, not {kind!r}: select a workload's pods with -l "
+                    "(kubectl get pods --show-labels)",
+                    param_hint="POD",
+                )
+            pod = name
+        names.append(pod)
+    return names, words
+
+
 def build_capture_options(**kw: Any) -> CaptureOptions:
-    pod = kw["pod"]
-    if "/" in pod:
-        kind, _, name = pod.partition("/")
-        if kind not in ("pod", "pods", "po") or not name:
-            raise click.BadParameter(
-                f"only pods can be captured for now, not {kind!r}", param_hint="POD"
-            )
-        pod = name
+    pods, filter_words = split_targets(list(kw["words"]), kw["selector"])
+    if kw["all_namespaces"] and not kw["selector"]:
+        raise click.UsageError("-A/--all-namespaces goes with -l/--selector")
+    pod = pods[0] if pods else (kw["selector"] or "pods")
     filter_text = kw["bpf_filter"]
-    if kw["filter_words"]:
+    if filter_words:
         if filter_text:
             raise click.UsageError("give the filter with -f or as trailing words, not both")
-        filter_text = " ".join(kw["filter_words"])
+        filter_text = " ".join(filter_words)
     write = kw["write_path"] or kw["write_path_alias"]
     path = Path(write) if write else None
     zeek_dir = Path(kw["zeek_dir"]) if kw["zeek_dir"] else None
@@ -303,7 +328,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             path = Path("-")
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = Path(f"{pod}-{stamp}.pcapng")
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pod)
+            path = Path(f"{safe}-{stamp}.pcapng")
     from .session import output_format_for
 
     fmt = output_format_for(path, OutputFormat(kw["fmt"]) if kw["fmt"] else None)
@@ -311,7 +337,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
     return CaptureOptions(
         kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
-        target=TargetOptions(pod, kw["container"]),
+        target=TargetOptions(tuple(pods), kw["container"], kw["selector"],
+                             kw["all_namespaces"], kw["max_pods"]),
         inject=InjectOptions(
             kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
         ),

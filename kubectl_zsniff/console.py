@@ -68,16 +68,22 @@ class ConsoleReporter:
     def summary(self, summary: Any, opts: Any) -> None:
         if self.quiet:
             return
-        td = summary.tcpdump
-        pod = f"{summary.pod.namespace}/{summary.pod.name}"
+        pods = summary.pods or []
+        if len(pods) > 1:
+            pod = f"{len(pods)} pods (" + ", ".join(
+                f"{p.pod.namespace}/{p.pod.name}: {p.packets:,}" for p in pods) + ")"
+        else:
+            pod = f"{summary.pod.namespace}/{summary.pod.name}"
+        drops = [p.report.dropped for p in pods] or [summary.tcpdump.dropped]
         parts = [
             f"{summary.packets:,} packets ({human_bytes(summary.data_bytes)}) from {pod} "
             f"in {summary.seconds:.1f} s; stopped: {summary.reason.value}",
         ]
-        if td.dropped is not None:
-            parts.append(f"{td.dropped} dropped by the kernel")
+        if any(d is not None for d in drops):
+            parts.append(f"{sum(d or 0 for d in drops)} dropped by the kernel")
         if summary.remote_stopped is True:
-            parts.append("tcpdump stopped in the pod (verified)")
+            where = "the pods" if len(pods) > 1 else "the pod"
+            parts.append(f"tcpdump stopped in {where} (verified)")
         elif summary.remote_stopped is False:
             parts.append("WARNING: tcpdump may still run in the pod")
         out = opts.output

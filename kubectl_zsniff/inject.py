@@ -391,3 +391,67 @@ def _chain(first: list[Any], stream: Any) -> Any:
         obj = event.get("object") if isinstance(event, dict) else None
         if obj is not None and event.get("type") in ("ADDED", "MODIFIED"):
             yield obj
+
+
+@dataclass(frozen=True)
+class Target:
+    pod: Any  # the V1Pod as read
+    info: PodInfo
+    container: str  # whose namespaces the capture container shares
+
+
+def resolve_targets(
+    kube: KubeClient,
+    namespace: str,
+    pods: tuple[str, ...],
+    container: str | None,
+    selector: str | None,
+    all_namespaces: bool,
+    max_pods: int,
+    progress: Progress,
+) -> list[Target]:
+    """The pods to capture: named ones (which must be capturable) and running selector matches."""
+    targets: list[Target] = []
+    seen: set[tuple[str, str]] = set()
+    for name in pods:
+        pod = get_pod(kube, namespace, name)
+        info = describe_pod(pod)
+        if (info.namespace, info.name) not in seen:
+            seen.add((info.namespace, info.name))
+            targets.append(Target(pod, info, check_capturable(info, container)))
+    if selector:
+        where = "all namespaces" if all_namespaces else f'namespace "{namespace}"'
+        if all_namespaces:
+            listed = kube.call("list pods", kube.core.list_pod_for_all_namespaces,
+                               label_selector=selector)
+        else:
+            listed = kube.call("list pods", kube.core.list_namespaced_pod, namespace,
+                               label_selector=selector)
+        skipped: list[str] = []
+        for pod in listed.items:
+            info = describe_pod(pod)
+            if (info.namespace, info.name) in seen:
+                continue
+            try:
+                chosen = check_capturable(info, container)
+            except ZsniffError as err:
+                skipped.append(f"{info.namespace}/{info.name} ({err.message})")
+                continue
+            seen.add((info.namespace, info.name))
+            targets.append(Target(pod, info, chosen))
+        if skipped:
+            progress("skipping " + "; ".join(skipped))
+        if not targets:
+            raise ZsniffError(
+                f'no running pod matches the selector "{selector}" in {where}',
+                "check the labels with: kubectl get pods --show-labels"
+                + ("" if all_namespaces else f" -n {namespace} (or use -A)"),
+                ExitStatus.NOT_FOUND,
+            )
+    if len(targets) > max_pods:
+        raise ZsniffError(
+            f"{len(targets)} pods to capture; zsniff captures at most {max_pods} at once",
+            "narrow the selector, or raise --max-pods if you mean it",
+            ExitStatus.USAGE,
+        )
+    return targets

@@ -32,8 +32,13 @@ class KubeOptions:
 
 @dataclass(frozen=True)
 class TargetOptions:
-    pod: str
+    """Which pods: named ones, and/or those matching a label selector."""
+
+    pods: tuple[str, ...] = ()
     container: str | None = None
+    selector: str | None = None
+    all_namespaces: bool = False
+    max_pods: int = 20
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .capture import CaptureStream, CaptureSummary, OutputPipeline, Reporter, check_filter_locally
+from .capture import CaptureRun, CaptureSummary, OutputPipeline, Reporter, check_filter_locally
 from .errors import ExitStatus, ZsniffError
-from .inject import check_capturable, describe_pod, ensure_capture_container, get_pod
-from .kube import load_client
+from .inject import PodInfo, Target, ensure_capture_container, resolve_targets
+from .kube import KubeClient, load_client
 from .names import NameBook
 from .options import CaptureOptions, OutputFormat
 from .sinks import Sink
@@ -44,7 +45,7 @@ def check_tools(opts: CaptureOptions) -> None:
         require_tshark()
 
 
-def open_sinks(opts: CaptureOptions, pod: Any, book: NameBook | None) -> list[Sink]:
+def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None) -> list[Sink]:
     out = opts.output
     sinks: list[Sink] = []
     try:
@@ -60,7 +61,7 @@ def open_sinks(opts: CaptureOptions, pod: Any, book: NameBook | None) -> list[Si
         if out.wireshark:
             from .sinks.wireshark import WiresharkSink
 
-            sinks.append(WiresharkSink(f"{pod.namespace}/{pod.name}", out.wireshark_path))
+            sinks.append(WiresharkSink(title, out.wireshark_path))
         if out.zeek_dir is not None:
             from .sinks.zeek import ZeekSink
 
@@ -85,9 +86,13 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
     check_filter_locally(opts.tcpdump)
     kube = load_client(opts.kube)
     namespace = kube.namespace
-    pod = get_pod(kube, namespace, opts.target.pod)
-    info = describe_pod(pod)
-    target_container = check_capturable(info, opts.target.container)
+    target = opts.target
+    targets = resolve_targets(
+        kube, namespace, target.pods, target.container, target.selector,
+        target.all_namespaces, target.max_pods, reporter.progress,
+    )
+    infos = [t.info for t in targets]
+    many = len(targets) > 1
 
     book: NameBook | None = None
     if opts.names:
@@ -99,10 +104,8 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
     sinks: list[Sink] = []
     wrote_anything = False
     try:
-        sinks = open_sinks(opts, info, book)
-        container = ensure_capture_container(
-            kube, pod, target_container, opts.inject, reporter.progress
-        )
+        sinks = open_sinks(opts, _title(infos, target.selector), book)
+        containers = _ensure_containers(kube, targets, opts, reporter, many)
         if book is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
             # missed, and a failure before this point exits with no watch thread mid-request
@@ -110,16 +113,15 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
             book.start_watching(kube, namespace)
         endpoint = kube.endpoint()
         pipeline = OutputPipeline(
-            sinks, info, container.name, kube.context_name, opts.tcpdump, opts.limits, book
+            sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
-        stream = CaptureStream(
-            endpoint, info, container.name, opts.tcpdump, opts.limits, pipeline, reporter
-        )
+        run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter)
         reporter.progress(
-            f"capturing {info.namespace}/{info.name} on {opts.tcpdump.interface}"
+            f"capturing {', '.join(f'{i.namespace}/{i.name}' for i in infos)} "
+            f"on {opts.tcpdump.interface}"
             + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
         )
-        summary = asyncio.run(stream.run())
+        summary = asyncio.run(run.run())
         wrote_anything = pipeline.output_bytes > 0
         summary.sink_results = _close_sinks(pipeline.sinks, summary)
         sinks = []
@@ -136,6 +138,32 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
             with contextlib.suppress(OSError):
                 if out.exists() and out.stat().st_size == 0:
                     out.unlink()
+
+
+def _title(infos: list[PodInfo], selector: str | None) -> str:
+    if len(infos) == 1:
+        return f"{infos[0].namespace}/{infos[0].name}"
+    if selector:
+        return f"{infos[0].namespace} -l {selector} ({len(infos)} pods)"
+    return ", ".join(f"{i.namespace}/{i.name}" for i in infos)
+
+
+def _ensure_containers(
+    kube: KubeClient, targets: list[Target], opts: CaptureOptions, reporter: Reporter,
+    many: bool,
+) -> list[str]:
+    """A running capture container in every pod; several pods are prepared in parallel."""
+
+    def one(t: Target) -> str:
+        def progress(message: str) -> None:
+            reporter.progress(f"{t.info.namespace}/{t.info.name}: {message}" if many else message)
+
+        return ensure_capture_container(kube, t.pod, t.container, opts.inject, progress).name
+
+    if not many:
+        return [one(targets[0])]
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        return list(pool.map(one, targets))
 
 
 def _close_sinks(sinks: list[Sink], summary: CaptureSummary) -> list[tuple[str, Any]]:

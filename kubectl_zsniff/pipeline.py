@@ -1,0 +1,371 @@
+"""From tcpdump's pcap streams (one lane per pod) to the bytes each sink wants.
+
+Every write is whole pcap records or whole pcapng blocks, so an output cut anywhere still ends on
+a packet boundary. pcapng gets one section: a header with a comment, one named interface per pod
+(written when that pod's stream starts), and Name Resolution Blocks before the packets that need
+them. pcap sinks get tcpdump's own bytes (several pods: one header, records interleaved).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+from . import __version__
+from .errors import ZsniffError
+from .inject import PodInfo
+from .names import NameBook
+from .options import CaptureLimits, TcpdumpOptions
+from .packetaddr import ip_addresses
+from .pcap import Packet, PcapHeader, PcapStreamParser
+from .pcapng import (
+    PcapngPacketEncoder,
+    enhanced_packet_block,
+    interface_description_block,
+    name_resolution_block,
+    section_header_block,
+)
+from .sinks import ReaderClosed, Sink
+
+PCAP_HEADER_LENGTH = 24
+
+
+class StopReason(str, Enum):
+    FINISHED = "tcpdump finished"
+    PACKET_LIMIT = "packet limit reached"
+    DURATION = "duration reached"
+    SIZE_LIMIT = "size limit reached"
+    INTERRUPTED = "interrupted (Ctrl-C)"
+    TERMINATED = "terminated (SIGTERM)"
+    READER_CLOSED = "the reader went away"
+    STREAM_LOST = "the connection was lost"
+    OUTPUT_FAILED = "writing the output failed"
+
+
+class Lane:
+    """One pod's tcpdump stream into the shared pipeline."""
+
+    def __init__(self, pipeline: OutputPipeline, pod: PodInfo, container: str) -> None:
+        self.pipeline = pipeline
+        self.pod = pod
+        self.container = container
+        self.parser = PcapStreamParser()
+        self.header: PcapHeader | None = None
+        self.encoder: PcapngPacketEncoder | None = None
+        self.interface_id: int | None = None
+        self.pcap_compatible = True  # False: this pod's link type cannot join the pcap stream
+        self.packets = 0
+        self.data_bytes = 0
+        self._raw_header = bytearray()
+
+    def feed(self, chunk: memoryview | bytes) -> None:
+        """Handle one stdout frame of this pod. Never raises: failures become a stop reason."""
+        pipeline = self.pipeline
+        if not pipeline.accepting:
+            return
+        try:
+            pipeline._feed(self, chunk)
+        except ZsniffError as err:
+            pipeline.failure = err
+            pipeline.stop_reason = StopReason.OUTPUT_FAILED
+
+
+class OutputPipeline:
+    """Shared by every pod of a capture: sinks, limits, names, counters."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        pod: PodInfo | Sequence[PodInfo],
+        container: str | Sequence[str],
+        context: str,
+        opts: TcpdumpOptions,
+        limits: CaptureLimits,
+        book: NameBook | None,
+    ) -> None:
+        pods = [pod] if isinstance(pod, PodInfo) else list(pod)
+        containers = [container] if isinstance(container, str) else list(container)
+        self.sinks = list(sinks)
+        self.context = context
+        self.opts = opts
+        self.limits = limits
+        self.book = book
+        self.lanes = [Lane(self, p, c) for p, c in zip(pods, containers, strict=True)]
+        self.pod = pods[0]
+        self.wants_pcap = any(s.fmt == "pcap" for s in self.sinks)
+        self.wants_pcapng = any(s.fmt == "pcapng" for s in self.sinks)
+        # Packet objects are needed for pcapng and for exact limits; plain splitting otherwise.
+        self.split_only = (
+            not self.wants_pcapng and limits.max_bytes is None and limits.packet_count is None
+        )
+        self.packets = 0
+        self.data_bytes = 0
+        self.output_bytes = 0
+        self.stop_reason: StopReason | None = None
+        self.failure: ZsniffError | None = None
+        self.closed_sinks: list[str] = []
+        self.notes: list[str] = []
+        self.names_written = 0
+        self._section_started = False
+        self._pcap_header: PcapHeader | None = None
+        self._next_interface = 0
+        # Names as this file states them so far, and addresses whose owner changed within it.
+        self._named: dict[str, str] = {}
+        self._reowned: dict[str, str] = {}
+
+    @property
+    def accepting(self) -> bool:
+        return self.stop_reason is None and bool(self.sinks)
+
+    def feed(self, chunk: memoryview | bytes) -> None:
+        """Feed the first (for a one-pod capture, the only) pod's stream."""
+        self.lanes[0].feed(chunk)
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def _feed(self, lane: Lane, chunk: memoryview | bytes) -> None:
+        if lane.header is None and len(lane._raw_header) < PCAP_HEADER_LENGTH:
+            lane._raw_header += bytes(chunk[: PCAP_HEADER_LENGTH - len(lane._raw_header)])
+        if self.split_only:
+            raw, count = lane.parser.feed_raw(chunk)
+            self._start_lane_if_needed(lane)
+            if count:
+                self._count(lane, count, lane.parser.data_bytes - lane.data_bytes)
+                self._write(pcap=raw if lane.pcap_compatible else b"", pcapng=b"")
+            return
+        packets = lane.parser.feed(chunk)
+        self._start_lane_if_needed(lane)
+        if not packets:
+            return
+        packets = self._apply_limits(packets)
+        if not packets:
+            return
+        self._count(lane, len(packets), sum(p.caplen for p in packets))
+        pcapng = b""
+        if self.wants_pcapng:
+            assert lane.encoder is not None
+            parts: list[bytes] = []
+            names = self._name_updates()
+            if names:
+                parts.append(names)
+            if self._reowned:
+                self._extend_with_owner_comments(lane, packets, parts)
+            else:
+                lane.encoder.extend_parts(packets, parts)
+            pcapng = b"".join(parts)
+        pcap = b""
+        if self.wants_pcap and lane.pcap_compatible:
+            pcap = b"".join(_pcap_records(packets, lane.header))
+        self._write(pcap=pcap, pcapng=pcapng)
+
+    def _count(self, lane: Lane, packets: int, data_bytes: int) -> None:
+        lane.packets += packets
+        self.packets += packets
+        self.data_bytes += data_bytes
+        lane.data_bytes += data_bytes
+
+    def _apply_limits(self, packets: list[Packet]) -> list[Packet]:
+        limit = self.limits.packet_count
+        if limit is not None and self.packets + len(packets) >= limit:
+            packets = packets[: limit - self.packets]
+            self.stop_reason = StopReason.PACKET_LIMIT
+        max_bytes = self.limits.max_bytes
+        if max_bytes is not None:
+            kept = []
+            size = self.output_bytes
+            for packet in packets:
+                size += 16 + packet.caplen if self.wants_pcap else 32 + packet.caplen
+                if size > max_bytes:
+                    self.stop_reason = StopReason.SIZE_LIMIT
+                    break
+                kept.append(packet)
+            packets = kept
+        return packets
+
+    # -- headers ---------------------------------------------------------------------------
+
+    def _start_lane_if_needed(self, lane: Lane) -> None:
+        if lane.header is not None or lane.parser.header is None:
+            return
+        header = lane.header = lane.parser.header
+        pcap = b""
+        if self.wants_pcap:
+            first = self._pcap_header
+            if first is None:
+                self._pcap_header = header
+                pcap = bytes(lane._raw_header[:PCAP_HEADER_LENGTH])
+            elif (first.linktype, first.nanosecond, first.byte_order) != (
+                header.linktype, header.nanosecond, header.byte_order
+            ):
+                # Classic pcap has one link type and one time resolution for the whole file.
+                lane.pcap_compatible = False
+                self.notes.append(
+                    f"{lane.pod.namespace}/{lane.pod.name}: link type {header.linktype} cannot "
+                    "join the classic pcap stream (it is in the pcapng outputs only)"
+                )
+        pcapng = b""
+        if self.wants_pcapng:
+            parts = []
+            if not self._section_started:
+                parts.append(self._section_preamble())
+            lane.interface_id = self._next_interface
+            self._next_interface += 1
+            lane.encoder = PcapngPacketEncoder(
+                lane.interface_id, packet_nanosecond=header.nanosecond
+            )
+            parts.append(self._interface_block(lane, header))
+            pcapng = b"".join(parts)
+        self._write(pcap=pcap, pcapng=pcapng)
+
+    def _section_preamble(self) -> bytes:
+        self._section_started = True
+        pods = ", ".join(f"{lane.pod.namespace}/{lane.pod.name}" for lane in self.lanes)
+        first = self.lanes[0].pod
+        if len(self.lanes) == 1:
+            where = (
+                f"namespace {first.namespace}; pod {first.name}; node {first.node or '-'}; "
+                f"container {self.lanes[0].container}"
+            )
+        else:
+            where = f"pods {pods}"
+        comment = (
+            f"kubectl-zsniff {__version__}; context {self.context or '-'}; {where}; "
+            f"interface {self.opts.interface}"
+            + (f"; filter {self.opts.bpf_filter}" if self.opts.bpf_filter else "")
+        )
+        parts = [section_header_block(comment, userappl=f"kubectl-zsniff {__version__}")]
+        entries = self._all_names()
+        if entries:
+            parts.append(name_resolution_block(entries))
+            self.names_written += len(entries)
+        return b"".join(parts)
+
+    def _interface_block(self, lane: Lane, header: PcapHeader) -> bytes:
+        pod = lane.pod
+        return interface_description_block(
+            header.linktype,
+            header.snaplen,
+            name=f"{pod.namespace}/{pod.name}",
+            description=(
+                f"node {pod.node or '-'}, container {lane.container}, "
+                f"interface {self.opts.interface}"
+            ),
+            tsresol_nanos=header.nanosecond,
+            filter=self.opts.bpf_filter or None,
+        )
+
+    # -- names -----------------------------------------------------------------------------
+
+    def _all_names(self) -> list[tuple[str, list[str]]]:
+        table: dict[str, str] = {}
+        if self.book is not None:
+            table.update({ip: owner.name for ip, owner in self.book.current().items()})
+            self.book.drain_changes()
+        # The captured pods are always named, even when listing pods was not allowed.
+        for lane in self.lanes:
+            for ip in lane.pod.pod_ips:
+                table.setdefault(ip, f"{lane.pod.namespace}/{lane.pod.name}")
+        self._named.update(table)
+        return [(ip, [name]) for ip, name in sorted(table.items())]
+
+    def _name_updates(self) -> bytes:
+        """An NRB for addresses that appeared or changed owner since the last packets."""
+        if self.book is None:
+            return b""
+        entries: list[tuple[str, list[str]]] = []
+        for change in self.book.drain_changes():
+            ip = change.ip
+            previous = self._named.get(ip)
+            # A released address is renamed to itself so that a new, not yet known owner's
+            # packets never show the old pod's name.
+            name = change.name.name if change.name is not None else ip
+            if previous == name or (previous is None and change.name is None):
+                continue
+            if previous is not None:
+                self._reowned[ip] = name
+            self._named[ip] = name
+            entries.append((ip, [name]))
+        if not entries:
+            return b""
+        self.names_written += len(entries)
+        return name_resolution_block(entries)
+
+    def _extend_with_owner_comments(
+        self, lane: Lane, packets: Sequence[Packet], parts: list[bytes]
+    ) -> None:
+        """Packets touching a re-owned address carry its owner at capture time as a comment.
+
+        One-pass readers (tshark, a live Wireshark) already apply each NRB from where it
+        stands; a two-pass reader (Wireshark opening the file) keeps one name per address,
+        the last: the comment keeps the truth visible there.
+        """
+        encoder, header = lane.encoder, lane.header
+        assert encoder is not None and header is not None
+        reowned = self._reowned
+        plain: list[Packet] = []
+        for packet in packets:
+            addresses = ip_addresses(header.linktype, packet.data)
+            touched = [ip for ip in addresses or () if ip in reowned]
+            if not touched:
+                plain.append(packet)
+                continue
+            if plain:
+                encoder.extend_parts(plain, parts)
+                plain = []
+            comment = "; ".join(
+                f"zsniff: {ip} was {reowned[ip]} at capture time" for ip in dict.fromkeys(touched)
+            )
+            parts.append(
+                enhanced_packet_block(
+                    encoder.interface_id, encoder.ts_units(packet), packet.caplen,
+                    packet.origlen, packet.data, comment,
+                )
+            )
+        if plain:
+            encoder.extend_parts(plain, parts)
+
+    # -- sinks -----------------------------------------------------------------------------
+
+    def _write(self, *, pcap: bytes, pcapng: bytes) -> None:
+        for sink in list(self.sinks):
+            data = pcap if sink.fmt == "pcap" else pcapng
+            if not data:
+                continue
+            try:
+                sink.write(data)
+            except ReaderClosed:
+                self.sinks.remove(sink)
+                self.closed_sinks.append(sink.label)
+                if not self.sinks:
+                    self.stop_reason = StopReason.READER_CLOSED
+                continue
+            if sink is self.sinks[0]:
+                self.output_bytes += len(data)
+        if self.limits.max_bytes is not None and self.output_bytes >= self.limits.max_bytes:
+            self.stop_reason = self.stop_reason or StopReason.SIZE_LIMIT
+
+    def check_readers(self) -> bool:
+        """Drop sinks whose reader is gone; True when that leaves none (the capture stops)."""
+        for sink in list(self.sinks):
+            gone = getattr(sink, "reader_gone", None)
+            if gone is not None and gone():
+                self.sinks.remove(sink)
+                self.closed_sinks.append(sink.label)
+                if not self.sinks:
+                    self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
+        return self.stop_reason is StopReason.READER_CLOSED
+
+    def close(self) -> list[tuple[str, Any]]:
+        return [(sink.label, sink.close()) for sink in self.sinks]
+
+
+def _pcap_records(packets: Sequence[Packet], header: PcapHeader | None) -> list[bytes]:
+    assert header is not None
+    record = struct.Struct(header.byte_order + "IIII")
+    out: list[bytes] = []
+    for ts_sec, ts_frac, caplen, origlen, data in packets:
+        out.append(record.pack(ts_sec, ts_frac, caplen, origlen))
+        out.append(data)
+    return out
