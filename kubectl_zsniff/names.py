@@ -112,6 +112,13 @@ class NameBook:
             else:
                 self._by_object.pop(key, None)
 
+    def record(self, ip: str, owner: PodName | None, at: float) -> None:
+        """Record that `ip` belongs to `owner` from time `at` on (names read back from a file)."""
+        key = normalize_ip(ip)
+        if key is not None:
+            with self._lock:
+                self._record_locked(key, owner, at)
+
     def _current_locked(self, ip: str) -> PodName | None:
         owners = self._owners.get(ip)
         return owners[-1] if owners else None

@@ -5,7 +5,6 @@ Pure over files: no cluster access here (the caller passes the names it loaded).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ExitStatus, ZsniffError
 from .namemap import PodName, normalize_ip
+from .names import NameBook
 from .pcap import PcapFormatError
 from .pcapng import (
     Interface,
@@ -120,52 +120,13 @@ def write_text_private(path: Path, text: str) -> None:
         out.write(text.encode("utf-8"))
 
 
-class CaptureNameMap:
-    """Names read back from a zsniff pcapng's NRBs, valid from the packet after each NRB on.
+def names_from_capture(path: Path) -> NameBook:
+    """The names a zsniff pcapng carries, each valid from the packet after its NRB on.
 
     So a log line is named as the capture named its packets at that time, reused addresses
-    included.
+    included. Names written before the first packet hold from the start.
     """
-
-    def __init__(self) -> None:
-        self._times: dict[str, list[float]] = {}
-        self._names: dict[str, list[str]] = {}
-
-    def add(self, ip: str, name: str, since: float) -> None:
-        key = normalize_ip(ip)
-        if key is None:
-            return
-        times = self._times.setdefault(key, [])
-        names = self._names.setdefault(key, [])
-        if names and names[-1] == name:
-            return
-        times.append(since)
-        names.append(name)
-
-    def lookup(self, ip: str, ts: float | None = None) -> PodName | None:
-        key = normalize_ip(ip)
-        if key is None or key not in self._names:
-            return None
-        names = self._names[key]
-        if ts is None:
-            text = names[-1]
-        else:
-            index = bisect.bisect_right(self._times[key], ts) - 1
-            text = names[max(index, 0)]
-        try:
-            return PodName.parse(text)
-        except ValueError:
-            return PodName(text, None, "pod", None)
-
-    def latest(self) -> dict[str, str]:
-        return {ip: names[-1] for ip, names in self._names.items()}
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-def names_from_capture(path: Path) -> CaptureNameMap:
-    book = CaptureNameMap()
+    book = NameBook()
     pending: list[tuple[str, str]] = []
     seen_packet = False
     last_ts = 0.0
@@ -177,12 +138,12 @@ def names_from_capture(path: Path) -> CaptureNameMap:
                     pending += records
                 else:  # names written before any packet hold from the start
                     for ip, name in records:
-                        book.add(ip, name, 0.0)
+                        book.record(ip, _parse_name(name), 0.0)
             elif isinstance(event, PacketRecord):
                 seen_packet = True
                 last_ts = event.ts_ns / 1e9
                 for ip, name in pending:  # a mid-stream NRB applies from the next packet on
-                    book.add(ip, name, last_ts)
+                    book.record(ip, _parse_name(name), last_ts)
                 pending = []
     except FileNotFoundError as exc:
         raise ZsniffError(f"{path}: no such file", "", ExitStatus.USAGE) from exc
@@ -191,8 +152,17 @@ def names_from_capture(path: Path) -> CaptureNameMap:
             f"{path} is not a capture: {exc.message}", "", ExitStatus.USAGE
         ) from exc
     for ip, name in pending:
-        book.add(ip, name, last_ts)
+        book.record(ip, _parse_name(name), last_ts)
     return book
+
+
+def _parse_name(text: str) -> PodName | None:
+    if normalize_ip(text) is not None:
+        return None  # an address zsniff renamed to itself: released, owner unknown
+    try:
+        return PodName.parse(text)
+    except ValueError:  # a name written by another tool
+        return PodName(text, None, "pod", None)
 
 
 def ensure_directory(path: Path) -> None:
@@ -208,7 +178,6 @@ __all__ = [
     "convert_capture",
     "hosts_file_text",
     "names_from_capture",
-    "CaptureNameMap",
     "write_text_private",
     "ensure_directory",
 ]

@@ -139,6 +139,7 @@ def test_names_read_back_follow_time(tmp_path: Path) -> None:
     pipe.feed(encode_pcap_header(1))
     pipe.feed(encode_pcap_record(1000, 0, udp_frame("10.1.0.9", "10.1.0.1")))
     book.set_object(("pods", "a", "old"), [])
+    pipe.feed(encode_pcap_record(1500, 0, udp_frame("10.1.0.9", "10.1.0.1")))
     book.set_object(("pods", "a", "heir"), [("10.1.0.9", PodName("a/heir", "a"))])
     pipe.feed(encode_pcap_record(2000, 0, udp_frame("10.1.0.9", "10.1.0.1")))
     path = tmp_path / "c.pcapng"
@@ -146,11 +147,12 @@ def test_names_read_back_follow_time(tmp_path: Path) -> None:
     names = names_from_capture(path)
     old, new = names.lookup("10.1.0.9", 1000.5), names.lookup("10.1.0.9", 2000.5)
     assert old is not None and old.name == "a/old"
+    assert names.lookup("10.1.0.9", 1500.5) is None  # released: no owner known then
     assert new is not None and new.name == "a/heir"
     web = names.lookup("10.1.0.1")
     assert web is not None and web.namespace == "a"
     packets = [e for e in read_capture(str(path)) if isinstance(e, PacketRecord)]
-    assert len(packets) == 2
+    assert len(packets) == 3
 
 
 @needs_traces
