@@ -68,9 +68,11 @@ class Zsniff:
         return [*ZSNIFF, *args]
 
     def run(self, args: list[str], *, timeout: float = 90, env: dict[str, str] | None = None,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
+            wrap: list[str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run to the end; `wrap` is a command prefix (e.g. unshare) that execs the rest."""
         kw.setdefault("stdout", subprocess.PIPE)
-        return subprocess.run(self.argv(args), stderr=subprocess.PIPE, text=True,
+        return subprocess.run([*(wrap or []), *self.argv(args)], stderr=subprocess.PIPE,
+                              text=True,
                               timeout=timeout, env=env or zsniff_env(self.home), **kw)
 
     def start(self, args: list[str], *, env: dict[str, str] | None = None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class Ctx:
     home: Path
     pods: list[tuple[str, str]] = field(default_factory=list)  # to delete afterwards
     env: dict[str, str] | None = None
+    wrap: list[str] | None = None  # command prefix for the CLI
 
     def pod(self, namespace: str = "default", **kw: Any) -> str:
         name = unique("e2e-fail")
@@ -122,9 +125,17 @@ def _empty_path(c: Ctx) -> None:
 
 
 def _no_wireshark(c: Ctx) -> list[str]:
-    if any(Path(p).exists() for p in WELL_KNOWN_PATHS["linux"]):
-        pytest.skip("Wireshark is installed in a well-known folder here")
+    """PATH without Wireshark; where it is installed in a well-known folder, a private mount
+    namespace hides it there too (/dev/null bound over it is not a file)."""
     _empty_path(c)
+    installed = [p for p in WELL_KNOWN_PATHS["linux"] if Path(p).exists()]
+    if installed:
+        unshare, mount = shutil.which("unshare"), shutil.which("mount")
+        if unshare is None or mount is None:
+            pytest.skip("Wireshark is installed, and unshare/mount are missing to hide it")
+        hide = "".join(f"{mount} --bind /dev/null {shlex.quote(p)} && " for p in installed)
+        c.wrap = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c",
+                  hide + 'exec "$@"', "sh"]
     return [c.pod(), "--wireshark"]
 
 
@@ -199,7 +210,7 @@ def test_failure_is_explained(case: Case, ctx: Ctx, zsniff: Zsniff) -> None:
     out = ctx.tmp / "out.pcapng"
     if case.output:
         args += ["-w", str(out)]
-    result = zsniff.run(args, env=ctx.env, timeout=120)
+    result = zsniff.run(args, env=ctx.env, wrap=ctx.wrap, timeout=120)
     assert_clean_error(result, case.status, *case.keywords)
     assert not out.exists(), "a failed capture left a file behind"
     for namespace, pod in ctx.pods:
