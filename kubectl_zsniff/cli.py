@@ -3,6 +3,7 @@ must stay fast, so the kubernetes client, rich and pyshark load only when a comm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -573,11 +574,30 @@ def _read_hosts(path: str) -> dict[str, str]:
 
 
 def main() -> None:
-    # A broken stdout pipe ends the capture cleanly; Python must not print its own error.
+    status: int = 0
     try:
         cli(prog_name=_prog_name())
     except BrokenPipeError:
-        sys.exit(int(ExitStatus.READER_CLOSED))
+        # A broken stdout pipe ends the capture cleanly; Python must not print its own error.
+        status = int(ExitStatus.READER_CLOSED)
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if done.code is not None and not isinstance(done.code, int):
+            print(done.code, file=sys.stderr)
+    _exit(status)
+
+
+def _exit(status: int) -> None:
+    """Exit now if name-watch threads still block in a request: letting the interpreter tear
+    down under a thread inside OpenSSL can abort the process (SIGABRT) instead of exiting."""
+    import threading
+
+    if any(t.name.startswith("zsniff-watch") and t.is_alive() for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _prog_name() -> str:

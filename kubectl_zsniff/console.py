@@ -88,7 +88,10 @@ class ConsoleReporter:
             parts.append("WARNING: tcpdump may still run in the pod")
         out = opts.output
         if out.path is not None and not out.to_stdout:
-            parts.append(f"wrote {out.path} ({out.fmt.value})")
+            if out.path.exists():
+                parts.append(f"wrote {out.path} ({out.fmt.value})")
+            else:
+                parts.append(f"nothing captured, so no {out.path} was left")
         for label, result in summary.sink_results:
             text = _sink_result_text(label, result)
             if text:

@@ -54,13 +54,20 @@ def call_with_retries(action: str, call: Callable[[], T], attempts: int = 5) -> 
         try:
             return call()
         except ApiException as exc:
+            if not exc.status:  # the client wraps transport failures (TLS...) as status 0
+                raise connection_error(exc) from exc
             if exc.status not in RETRYABLE_STATUSES or attempt == attempts - 1:
                 raise api_error(exc, action) from exc
             retry_after = _retry_after_seconds(exc)
             time.sleep(min(retry_after if retry_after is not None else delay, 5.0))
             delay *= 2
         except Exception as exc:
-            raise connection_error(exc) from exc
+            # A dropped keep-alive connection is worth one more try; a refused one is not.
+            text = repr(exc)
+            transient = "RemoteDisconnected" in text or "Connection reset" in text
+            if not transient or attempt >= 1:
+                raise connection_error(exc) from exc
+            time.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -84,6 +91,8 @@ def load_client(opts: KubeOptions) -> KubeClient:
         ) from exc
 
     configuration = client.Configuration()
+    # urllib3 would retry 429/503 itself, under our own retries: one policy, ours.
+    configuration.retries = False
     namespace: str | None = None
     context_name = ""
     kubeconfig = opts.kubeconfig or os.environ.get("KUBECONFIG") or None
@@ -220,7 +229,7 @@ def api_error(exc: Any, action: str) -> ZsniffError:
 
 def connection_error(exc: BaseException) -> ZsniffError:
     """Translate a transport failure (refused, DNS, TLS, timeout) into a ZsniffError."""
-    text = repr(exc)
+    text = f"{exc!r} {exc} {getattr(exc, 'reason', '')}"
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "SSLCertVerification" in text:
         return ZsniffError(
             "TLS verification of the API server failed",
@@ -235,7 +244,7 @@ def connection_error(exc: BaseException) -> ZsniffError:
             ExitStatus.UNREACHABLE,
         )
     return ZsniffError(
-        f"cannot reach the API server: {_first_line(exc)[:200]}",
+        f"cannot reach the API server: {str(getattr(exc, 'reason', '') or _first_line(exc))[:200]}",
         "is the cluster running and the kubeconfig's server address right? (kubectl cluster-info)",
         ExitStatus.UNREACHABLE,
     )
