@@ -30,6 +30,8 @@ _LINKTYPE_MASK = 0x0FFF_FFFF
 _MAGIC_LE = struct.Struct("<I")
 _HEADER = {order: struct.Struct(order + "IHHiIII") for order in ("<", ">")}
 _RECORD = {order: struct.Struct(order + "IIII") for order in ("<", ">")}
+# caplen alone, at offset 8 of a record header.
+_CAPLEN = {order: struct.Struct(order + "8xI") for order in ("<", ">")}
 _MAGIC_TO_FORMAT: dict[bytes, tuple[ByteOrder, bool]] = {
     struct.pack("<I", MAGIC_MICROSECONDS): ("<", False),
     struct.pack(">I", MAGIC_MICROSECONDS): (">", False),
@@ -156,6 +158,7 @@ class PcapStreamParser:
         "_pending",
         "_needed",
         "_record",
+        "_caplen",
     )
 
     def __init__(self, max_caplen: int | None = None) -> None:
@@ -169,10 +172,18 @@ class PcapStreamParser:
         # until a whole record is there, so small chunks cost O(1) each.
         self._needed = PCAP_HEADER_LENGTH
         self._record: struct.Struct | None = None
+        self._caplen: struct.Struct | None = None
 
     @property
     def pending_bytes(self) -> int:
         return len(self._pending)
+
+    @property
+    def record_struct(self) -> struct.Struct:
+        """The record header layout (ts_sec, ts_frac, caplen, origlen) in the stream's order."""
+        if self._record is None:
+            raise PcapFormatError("no pcap header parsed yet")
+        return self._record
 
     def _take(self, chunk: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview | None:
         """Return the data to parse now, or None while the next unit is still incomplete."""
@@ -200,13 +211,47 @@ class PcapStreamParser:
         header = parse_pcap_header(data)
         self.header = header
         self._record = _RECORD[header.byte_order]
+        self._caplen = _CAPLEN[header.byte_order]
         if self.max_caplen is None:
             self.max_caplen = max(header.snaplen, DEFAULT_MAX_CAPLEN)
         return PCAP_HEADER_LENGTH
 
-    def _bad_caplen(self, caplen: int) -> PcapFormatError:
+    # -- hooks for fused walkers (pcapng.PcapngPacketEncoder.feed_pcap) ---------------------
+
+    def take_chunk(
+        self, chunk: bytes | bytearray | memoryview
+    ) -> tuple[bytes | bytearray | memoryview, int] | None:
+        """Start a chunk for an outside record walker: (data, offset of its first record).
+
+        None while the next record is still incomplete. The walker must then call
+        ``finish_chunk`` with where it stopped.
+        """
+        data = self._take(chunk)
+        if data is None:
+            return None
+        return data, self._read_header(data) if self.header is None else 0
+
+    def finish_chunk(
+        self,
+        data: bytes | bytearray | memoryview,
+        first: int,
+        offset: int,
+        count: int,
+        needed: int,
+    ) -> None:
+        """Account ``count`` whole records in ``data[first:offset]``; keep the rest pending.
+
+        ``needed``: how many bytes the record at ``offset`` needs (16 when unknown).
+        """
+        self.packets += count
+        self.data_bytes += offset - first - RECORD_HEADER_LENGTH * count
+        self._keep_tail(data, offset, needed)
+
+    def bad_caplen(self, caplen: int, seen: int = 0) -> PcapFormatError:
+        """The error for a record claiming more than ``max_caplen`` bytes, after ``seen``
+        records of the current chunk."""
         return PcapFormatError(
-            f"pcap record {self.packets + 1} claims {caplen} captured bytes, more than "
+            f"pcap record {self.packets + seen + 1} claims {caplen} captured bytes, more than "
             f"{self.max_caplen}: the stream is corrupt or out of sync",
         )
 
@@ -233,7 +278,7 @@ class PcapStreamParser:
                 fields = unpack_from(data, offset)
                 caplen = fields[2]
                 if caplen > max_caplen:
-                    raise self._bad_caplen(caplen)
+                    raise self.bad_caplen(caplen)
                 start = offset + RECORD_HEADER_LENGTH
                 stop = start + caplen
                 if stop > end:
@@ -251,11 +296,14 @@ class PcapStreamParser:
         self._keep_tail(data, offset, needed)
         return packets
 
-    def feed_raw(self, chunk: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    def feed_raw(self, chunk: bytes | bytearray | memoryview) -> tuple[bytes | memoryview, int]:
         """Split without building packets: return (whole records as raw pcap bytes, count).
 
         For pass-through (classic pcap to stdout, counting, size limits): the returned bytes
-        never end inside a record, and exclude the global header (see ``header``).
+        never end inside a record, and exclude the global header (see ``header``). They are
+        a memoryview into ``chunk`` (or into this parser's own copy of a record that spanned
+        chunks) when possible: write or copy them before the next ``feed_raw``; the data
+        never changes under the view (``chunk`` is only read, the parser's copy is bytes).
         """
         data = self._take(chunk)
         if data is None:
@@ -264,28 +312,36 @@ class PcapStreamParser:
         if self.header is None:
             offset = self._read_header(data)
         first = offset
-        record = self._record
-        assert record is not None
-        unpack_from = record.unpack_from
+        # Only caplen is needed here: a struct that skips the timestamps and origlen, so each
+        # record costs one unpack, two comparisons and an addition.
+        assert self._caplen is not None
+        unpack_caplen = self._caplen.unpack_from
         max_caplen = self.max_caplen
         assert max_caplen is not None
         end = len(data)
+        last = end - RECORD_HEADER_LENGTH
         count = 0
-        data_bytes = 0
         needed = RECORD_HEADER_LENGTH
-        while end - offset >= RECORD_HEADER_LENGTH:
-            caplen = unpack_from(data, offset)[2]
+        while offset <= last:
+            (caplen,) = unpack_caplen(data, offset)
             if caplen > max_caplen:
-                raise self._bad_caplen(caplen)
+                raise self.bad_caplen(caplen)
             stop = offset + RECORD_HEADER_LENGTH + caplen
             if stop > end:
                 needed = RECORD_HEADER_LENGTH + caplen
                 break
             count += 1
-            data_bytes += caplen
             offset = stop
         self.packets += count
-        self.data_bytes += data_bytes
-        whole = bytes(data[first:offset])
+        # Record data bytes are the span minus one header per record: no running sum needed.
+        self.data_bytes += offset - first - RECORD_HEADER_LENGTH * count
+        whole: bytes | memoryview
+        if isinstance(data, bytearray):
+            # A caller's bytearray may be resized after the call: a view would pin it.
+            whole = bytes(data[first:offset])
+        elif first == 0 and offset == end and isinstance(data, bytes):
+            whole = data
+        else:
+            whole = memoryview(data)[first:offset]
         self._keep_tail(data, offset, needed)
         return whole, count

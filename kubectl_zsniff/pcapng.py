@@ -12,7 +12,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 from kubectl_zsniff.pcap import (
     MAGIC_MICROSECONDS,
@@ -302,6 +302,15 @@ def custom_block(pen: int, payload: bytes, *, copyable: bool = True) -> bytes:
     return _block(BLOCK_CUSTOM_COPYABLE if copyable else BLOCK_CUSTOM_LOCAL, body)
 
 
+class PcapFeed(NamedTuple):
+    """What ``PcapngPacketEncoder.feed_pcap`` did with one chunk."""
+
+    packets: int  # records encoded
+    data_bytes: int  # their captured bytes
+    raw: bytes | memoryview  # the same records as raw pcap bytes (a view into the chunk)
+    stop: Literal["packets", "bytes"] | None  # which limit ended the walk, if one did
+
+
 class PcapngPacketEncoder:
     """Turns parsed pcap ``Packet``s into EPBs for one interface, a batch per ``bytes``.
 
@@ -332,7 +341,7 @@ class PcapngPacketEncoder:
             + packet.ts_frac * self._frac_scale // self._frac_divisor
         )
 
-    def extend_parts(self, packets: Iterable[Packet], parts: list[bytes]) -> int:
+    def extend_parts(self, packets: Iterable[Packet], parts: list[bytes | memoryview]) -> int:
         """Append EPB pieces to ``parts`` (for one join across interfaces); return byte count."""
         pack_header = _EPB_HEADER.pack
         tails = self._tails
@@ -366,6 +375,163 @@ class PcapngPacketEncoder:
             written += total
         return written
 
+    def feed_pcap(
+        self,
+        parser: PcapStreamParser,
+        chunk: bytes | bytearray | memoryview,
+        parts: list[bytes | memoryview],
+        *,
+        max_packets: int | None = None,
+        max_bytes: int | None = None,
+        overhead: int = 32,
+    ) -> PcapFeed:
+        """Feed a raw pcap chunk to ``parser`` and append the EPBs of its whole records.
+
+        Fused for the capture hot path: one walk over the record headers, no ``Packet`` per
+        record; packet data goes into ``parts`` as memoryview slices of the received bytes
+        (joined once by the caller). The bytes equal ``extend_parts`` of ``parser.feed``.
+
+        Limits as the pipeline applies them: at most ``max_packets`` records; stop before the
+        record that would bring the running estimate (``overhead`` + caplen per record) over
+        ``max_bytes``. Records after a limit are dropped, not kept pending.
+        """
+        taken = parser.take_chunk(chunk)
+        if taken is None:
+            return PcapFeed(0, 0, b"", None)
+        data, first = taken
+        if self._frac_scale != 1 or self._frac_divisor != 1:
+            # Rescaled timestamps (never on the capture path): the general encoder.
+            return self._feed_pcap_rescaled(parser, data, first, parts, max_packets, max_bytes,
+                                            overhead)
+        unpack = parser.record_struct.unpack_from
+        max_caplen = parser.max_caplen
+        assert max_caplen is not None
+        pack_header = _EPB_HEADER.pack
+        tails = self._tails
+        append = parts.append
+        interface_id = self.interface_id
+        ticks = self._ticks_per_second
+        view = memoryview(data)
+        end = len(data)
+        last = end - 16
+        offset = first
+        count = 0
+        needed = 16
+        stop: Literal["packets", "bytes"] | None = None
+        if max_packets is None and max_bytes is None:
+            # The common case gets a loop without limit checks: ~1 us per packet matters here.
+            while offset <= last:
+                ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
+                if caplen > max_caplen:
+                    raise parser.bad_caplen(caplen, count)
+                start = offset + 16
+                offset = start + caplen
+                if offset > end:
+                    offset = start - 16
+                    needed = 16 + caplen
+                    break
+                units = ts_sec * ticks + ts_frac
+                append(
+                    pack_header(
+                        BLOCK_EPB,
+                        32 + ((caplen + 3) & ~3),
+                        interface_id,
+                        units >> 32,
+                        units & 0xFFFF_FFFF,
+                        caplen,
+                        origlen,
+                    )
+                )
+                append(view[start:offset])
+                tail = tails.get(caplen)
+                if tail is None:
+                    tail = self._tail_for_caplen(caplen, 32 + ((caplen + 3) & ~3))
+                append(tail)
+                count += 1
+        else:
+            packets_left = -1 if max_packets is None else max_packets
+            budget = max_bytes
+            spent = 0
+            while offset <= last:
+                if count == packets_left:
+                    stop = "packets"
+                    break
+                ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
+                if caplen > max_caplen:
+                    raise parser.bad_caplen(caplen, count)
+                start = offset + 16
+                if start + caplen > end:
+                    needed = 16 + caplen
+                    break
+                if budget is not None:
+                    spent += overhead + caplen
+                    if spent > budget:
+                        stop = "bytes"
+                        break
+                offset = start + caplen
+                units = ts_sec * ticks + ts_frac
+                total = 32 + ((caplen + 3) & ~3)
+                append(
+                    pack_header(
+                        BLOCK_EPB, total, interface_id, units >> 32, units & 0xFFFF_FFFF,
+                        caplen, origlen,
+                    )
+                )
+                append(view[start:offset])
+                tail = tails.get(caplen)
+                if tail is None:
+                    tail = self._tail_for_caplen(caplen, total)
+                append(tail)
+                count += 1
+            if stop is None and count == packets_left:
+                stop = "packets"
+        parser.finish_chunk(data, first, offset, count, needed)
+        return PcapFeed(count, offset - first - 16 * count, view[first:offset], stop)
+
+    def _feed_pcap_rescaled(
+        self,
+        parser: PcapStreamParser,
+        data: bytes | bytearray | memoryview,
+        first: int,
+        parts: list[bytes | memoryview],
+        max_packets: int | None,
+        max_bytes: int | None,
+        overhead: int,
+    ) -> PcapFeed:
+        unpack = parser.record_struct.unpack_from
+        max_caplen = parser.max_caplen
+        assert max_caplen is not None
+        view = memoryview(data)
+        end = len(data)
+        offset = first
+        packets: list[Packet] = []
+        needed = 16
+        stop: Literal["packets", "bytes"] | None = None
+        spent = 0
+        while end - offset >= 16:
+            if max_packets is not None and len(packets) == max_packets:
+                stop = "packets"
+                break
+            ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
+            if caplen > max_caplen:
+                raise parser.bad_caplen(caplen, len(packets))
+            start = offset + 16
+            if start + caplen > end:
+                needed = 16 + caplen
+                break
+            if max_bytes is not None:
+                spent += overhead + caplen
+                if spent > max_bytes:
+                    stop = "bytes"
+                    break
+            offset = start + caplen
+            packets.append(Packet(ts_sec, ts_frac, caplen, origlen, bytes(view[start:offset])))
+        if stop is None and max_packets is not None and len(packets) == max_packets:
+            stop = "packets"
+        self.extend_parts(packets, parts)
+        parser.finish_chunk(data, first, offset, len(packets), needed)
+        return PcapFeed(len(packets), offset - first - 16 * len(packets), view[first:offset], stop)
+
     def _tail_for_caplen(self, caplen: int, total: int) -> bytes:
         if len(self._tails) > 4096:
             self._tails.clear()
@@ -373,7 +539,7 @@ class PcapngPacketEncoder:
         return tail
 
     def encode_batch(self, packets: Iterable[Packet]) -> bytes:
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         self.extend_parts(packets, parts)
         return b"".join(parts)
 

@@ -75,6 +75,10 @@ class Lane:
 class OutputPipeline:
     """Shared by every pod of a capture: sinks, limits, names, counters."""
 
+    #: pcapng straight from raw pcap records (PcapngPacketEncoder.feed_pcap). False sends every
+    #: packet through Packet objects: the reference the fused path is tested against.
+    fused_pcapng = True
+
     def __init__(
         self,
         sinks: Sequence[Sink],
@@ -135,18 +139,72 @@ class OutputPipeline:
                 self._count(lane, count, lane.parser.data_bytes - lane.data_bytes)
                 self._write(pcap=raw if lane.pcap_compatible else b"", pcapng=b"")
             return
+        if self.wants_pcapng and self.fused_pcapng and not self._reowned:
+            self._feed_fused(lane, chunk)
+            return
         packets = lane.parser.feed(chunk)
         self._start_lane_if_needed(lane)
         if not packets:
             return
-        packets = self._apply_limits(packets)
+        self._encode_packets(lane, self._apply_limits(packets))
+
+    def _feed_fused(self, lane: Lane, chunk: memoryview | bytes) -> None:
+        """pcapng without Packet objects: one walk from pcap records to EPBs (see feed_pcap).
+
+        Writes the same bytes as the general path below; only packets touching a re-owned
+        address (they need a comment each) go through Packet objects.
+        """
+        parser = lane.parser
+        if lane.encoder is None:
+            # Until the header is in, the general path reads it and starts the lane.
+            if parser.header is None:
+                packets = parser.feed(chunk)
+                self._start_lane_if_needed(lane)
+                if packets:
+                    self._encode_packets(lane, self._apply_limits(packets))
+                return
+            self._start_lane_if_needed(lane)
+        encoder = lane.encoder
+        assert encoder is not None
+        limits = self.limits
+        max_bytes = limits.max_bytes
+        parts: list[bytes | memoryview] = [b""]  # [0]: the names, once packets are known
+        fed = encoder.feed_pcap(
+            parser,
+            chunk,
+            parts,
+            max_packets=None if limits.packet_count is None else limits.packet_count - self.packets,
+            max_bytes=None if max_bytes is None else max_bytes - self.output_bytes,
+            overhead=16 if self.wants_pcap else 32,
+        )
+        if fed.stop == "packets":
+            self.stop_reason = StopReason.PACKET_LIMIT
+        elif fed.stop == "bytes":
+            self.stop_reason = StopReason.SIZE_LIMIT
+        if not fed.packets:
+            return
+        self._count(lane, fed.packets, fed.data_bytes)
+        names = self._name_updates()
+        if self._reowned:
+            # An owner changed just now: these packets may need comments; rare, so rebuild
+            # them as Packets from the raw records and take the general route.
+            parts = [names] if names else []
+            self._extend_with_owner_comments(lane, _packets_of(fed.raw, parser), parts)
+        else:
+            parts[0] = names
+        pcap: bytes | memoryview = b""
+        if self.wants_pcap and lane.pcap_compatible:
+            pcap = fed.raw
+        self._write(pcap=pcap, pcapng=b"".join(parts))
+
+    def _encode_packets(self, lane: Lane, packets: list[Packet]) -> None:
         if not packets:
             return
         self._count(lane, len(packets), sum(p.caplen for p in packets))
         pcapng = b""
         if self.wants_pcapng:
             assert lane.encoder is not None
-            parts: list[bytes] = []
+            parts: list[bytes | memoryview] = []
             names = self._name_updates()
             if names:
                 parts.append(names)
@@ -293,7 +351,7 @@ class OutputPipeline:
         return name_resolution_block(entries)
 
     def _extend_with_owner_comments(
-        self, lane: Lane, packets: Sequence[Packet], parts: list[bytes]
+        self, lane: Lane, packets: Sequence[Packet], parts: list[bytes | memoryview]
     ) -> None:
         """Packets touching a re-owned address carry its owner at capture time as a comment.
 
@@ -328,7 +386,7 @@ class OutputPipeline:
 
     # -- sinks -----------------------------------------------------------------------------
 
-    def _write(self, *, pcap: bytes, pcapng: bytes) -> None:
+    def _write(self, *, pcap: bytes | memoryview, pcapng: bytes) -> None:
         for sink in list(self.sinks):
             data = pcap if sink.fmt == "pcap" else pcapng
             if not data:
@@ -359,6 +417,19 @@ class OutputPipeline:
 
     def close(self) -> list[tuple[str, Any]]:
         return [(sink.label, sink.close()) for sink in self.sinks]
+
+
+def _packets_of(raw: bytes | memoryview, parser: PcapStreamParser) -> list[Packet]:
+    """The Packets of whole raw pcap records (as ``feed_pcap`` returns them)."""
+    unpack = parser.record_struct.unpack_from
+    packets: list[Packet] = []
+    offset, end = 0, len(raw)
+    while offset < end:
+        ts_sec, ts_frac, caplen, origlen = unpack(raw, offset)
+        start = offset + 16
+        offset = start + caplen
+        packets.append(Packet(ts_sec, ts_frac, caplen, origlen, bytes(raw[start:offset])))
+    return packets
 
 
 def _pcap_records(packets: Sequence[Packet], header: PcapHeader | None) -> list[bytes]:

@@ -16,8 +16,11 @@ from . import ReaderClosed
 OWNER_ONLY = 0o600
 
 
-def open_private(path: Path) -> BinaryIO:
-    """Create or truncate `path` with mode 0600 (also when it existed with wider permissions)."""
+def open_private(path: Path, buffering: int = 1 << 20) -> BinaryIO:
+    """Create or truncate `path` with mode 0600 (also when it existed with wider permissions).
+
+    ``buffering=0`` gives the raw file: each write is one system call, no copy on the way.
+    """
     try:
         fd = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), OWNER_ONLY
@@ -30,7 +33,7 @@ def open_private(path: Path) -> BinaryIO:
         ) from exc
     with contextlib.suppress(OSError, AttributeError):  # fchmod is missing on Windows
         os.fchmod(fd, OWNER_ONLY)
-    return os.fdopen(fd, "wb", buffering=1 << 20)
+    return os.fdopen(fd, "wb", buffering=buffering)
 
 
 class FileSink:
@@ -39,20 +42,29 @@ class FileSink:
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
         self.fmt = fmt
-        self._file: BinaryIO | None = open_private(path)
+        # Unbuffered: one write system call per exec frame (as kubectl does), straight from the
+        # received bytes. The file grows while capturing, so `tshark -r` or `tail -f` see
+        # packets now, not when 1 MB or the capture ends; a buffered file flushed per frame
+        # cost an extra copy of every byte into its buffer.
+        self._file: BinaryIO | None = open_private(path, buffering=0)
         self.bytes_written = 0
 
-    def write(self, data: bytes) -> None:
-        if self._file is None:
+    def write(self, data: bytes | memoryview) -> None:
+        out = self._file
+        if out is None:
             return
+        size = len(data)
         try:
-            self._file.write(data)
-            # One write per exec frame (as kubectl does): the file grows while capturing, so
-            # `tshark -r` or `tail -f` see packets now, not when 1 MB or the capture ends.
-            self._file.flush()
+            written = out.write(data)
+            if written is not None and written < size:
+                # A raw write may be partial (a signal, a nearly full disk): write the rest.
+                view = memoryview(data)[written:]
+                while view:
+                    n = out.write(view)
+                    view = view[n or 0 :]
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
-        self.bytes_written += len(data)
+        self.bytes_written += size
 
     def flush(self) -> None:
         if self._file is not None:
@@ -90,7 +102,7 @@ class StdoutSink:
         self._out: BinaryIO | None = out
         self.bytes_written = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._out is None:
             return
         try:

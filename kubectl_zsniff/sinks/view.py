@@ -187,9 +187,10 @@ class ViewSink:
     def pid(self) -> int:
         return self._process.pid
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Send whole pcapng blocks to the view if its pipe has room, else drop packets."""
-        blocks = self._splitter.feed(data)
+        # The splitter keeps a torn block's tail between calls: it needs bytes, not a view.
+        blocks = self._splitter.feed(data if isinstance(data, bytes) else bytes(data))
         if self.view_gone or self._closed:
             self._count_lost(blocks)
             return

@@ -93,7 +93,7 @@ class WiresharkSink:
             ) from exc
         self.bytes_written = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return

@@ -147,7 +147,7 @@ class ZeekSink:
             ) from exc
         self._stdin = self._proc.stdin
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._summary is not None:
             raise ZsniffError("the Zeek sink is already closed", status=ExitStatus.ERROR)
         self.start()

@@ -575,3 +575,44 @@ def test_packet_counts_of_real_traces_match_capinfos(name: str) -> None:
     interfaces = [e for e in events if isinstance(e, Interface)]
     assert interfaces and all(p.interface_id < len(interfaces) for p in packets)
     assert all(p.caplen == len(p.data) for p in packets)
+
+
+@pytest.mark.parametrize(("packet_ns", "interface_ns"), [(False, False), (True, True),
+                                                        (False, True), (True, False)])
+def test_feed_pcap_equals_parse_then_encode_on_random_chunkings(
+    packet_ns: bool, interface_ns: bool
+) -> None:
+    from kubectl_zsniff.pcap import encode_pcap_record
+
+    rng = random.Random(7)
+    for order in ("<", ">"):
+        stream = encode_pcap_header(1, nanosecond=packet_ns, byte_order=order) + b"".join(
+            encode_pcap_record(1_700_000_000 + i, rng.randrange(10**6),
+                               rng.randbytes(rng.randrange(0, 300)), byte_order=order)
+            for i in range(400)
+        )
+        for limit in (None, 123):
+            cuts = sorted(rng.sample(range(1, len(stream)), 60))
+            fused_parser, slow_parser = PcapStreamParser(), PcapStreamParser()
+            fused = PcapngPacketEncoder(0, packet_nanosecond=packet_ns,
+                                        interface_nanosecond=interface_ns)
+            slow = PcapngPacketEncoder(0, packet_nanosecond=packet_ns,
+                                       interface_nanosecond=interface_ns)
+            parts: list[bytes | memoryview] = []
+            raw = bytearray()
+            packets: list[Packet] = []
+            left = limit
+            for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+                fed = fused.feed_pcap(fused_parser, memoryview(stream)[start:end], parts,
+                                      max_packets=left)
+                raw += fed.raw
+                if left is not None:
+                    left -= fed.packets
+                packets += slow_parser.feed(stream[start:end])
+                if fed.stop == "packets":
+                    break
+            if limit is not None:
+                packets = packets[:limit]
+            assert b"".join(parts) == slow.encode_batch(packets)
+            assert bytes(raw) == stream[24 : 24 + len(raw)]
+            assert fused_parser.packets == len(packets)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,87 @@ def test_tcpdump_report_reads_pid_counters_and_errors() -> None:
     assert report.pid == 4242
     assert (report.captured, report.received, report.dropped) == (12, 13, 1)
     assert report.errors[-1] == "tcpdump: syntax error"
+
+
+def random_stream(rng: random.Random, count: int, *, order: str = "<",
+                  nanosecond: bool = False) -> bytes:
+    """A pcap stream of `count` records: IPv4 UDP frames between pods, and odd-sized junk."""
+    addresses = ["10.244.1.1", "10.244.1.7", "10.244.1.9", "10.9.9.9"]
+    records = []
+    for i in range(count):
+        if rng.random() < 0.7:
+            frame = udp_frame(rng.choice(addresses), rng.choice(addresses),
+                              rng.randbytes(rng.randrange(0, 1500)))
+        else:
+            frame = rng.randbytes(rng.randrange(0, 200))
+        origlen = len(frame) + rng.choice((0, 0, 3))
+        records.append(encode_pcap_record(1_700_000_000 + i, rng.randrange(10**6), frame,
+                                          origlen, byte_order=order))  # type: ignore[arg-type]
+    return encode_pcap_header(1, nanosecond=nanosecond,
+                              byte_order=order) + b"".join(records)  # type: ignore[arg-type]
+
+
+def run_pipeline(stream: bytes, cuts: list[int], fused: bool, limits: CaptureLimits,
+                 formats: tuple[str, ...], book: NameBook | None = None,
+                 changes: dict[int, Callable[[NameBook], None]] | None = None,
+                 ) -> tuple[list[bytes], tuple[object, ...]]:
+    pipe, sinks = pipeline(book, limits, formats)
+    pipe.fused_pcapng = fused
+    start = 0
+    for n, cut in enumerate([*cuts, len(stream)]):
+        if changes and book is not None and n in changes:
+            changes[n](book)
+        pipe.feed(memoryview(stream)[start:cut])
+        start = cut
+    state = (pipe.stop_reason, pipe.packets, pipe.data_bytes, pipe.output_bytes,
+             pipe.names_written, [(lane.packets, lane.data_bytes) for lane in pipe.lanes])
+    return [bytes(s.data) for s in sinks], state
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fused_pcapng_path_writes_what_the_packet_path_writes(seed: int) -> None:
+    rng = random.Random(seed)
+    stream = random_stream(rng, rng.randrange(1, 300), order=rng.choice("<>"),
+                           nanosecond=rng.random() < 0.5)
+    for _ in range(4):
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1,
+                                                            rng.choice((1, 5, 40, 400)))))
+        limits = rng.choice((
+            CaptureLimits(),
+            CaptureLimits(packet_count=rng.randrange(1, 320)),
+            CaptureLimits(max_bytes=rng.randrange(100, len(stream) + 500)),
+            CaptureLimits(packet_count=rng.randrange(1, 320),
+                          max_bytes=rng.randrange(100, len(stream) + 500)),
+        ))
+        formats = rng.choice((("pcapng",), ("pcapng", "pcap"), ("pcap", "pcapng")))
+        fused = run_pipeline(stream, cuts, True, limits, formats)
+        reference = run_pipeline(stream, cuts, False, limits, formats)
+        assert fused == reference
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_pcapng_path_with_names_and_owner_changes(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    stream = random_stream(rng, 200)
+    cuts = sorted(rng.sample(range(1, len(stream)), 30))
+
+    def appear(book: NameBook) -> None:
+        book.set_object(("pods", "shop", "new"), [("10.244.1.7", PodName("shop/new", "shop"))])
+
+    def release(book: NameBook) -> None:
+        book.set_object(("pods", "shop", "old"), [])
+
+    def reuse(book: NameBook) -> None:
+        book.set_object(("pods", "shop", "heir"), [("10.244.1.9", PodName("shop/heir", "shop"))])
+
+    changes = {5: appear, 12: release, 20: reuse}
+    outputs = []
+    for fused in (True, False):
+        book = NameBook(clock=lambda: 0.0)
+        book.set_object(("pods", "shop", "web-1"), [("10.244.1.1", PodName("shop/web-1", "shop"))])
+        book.set_object(("pods", "shop", "old"), [("10.244.1.9", PodName("shop/old", "shop"))])
+        book.drain_changes()
+        outputs.append(run_pipeline(stream, cuts, fused, CaptureLimits(), ("pcapng",), book,
+                                    changes))
+    assert outputs[0] == outputs[1]
+    assert b"was shop/heir" in outputs[0][0][0]
