@@ -192,6 +192,12 @@ class PcapStreamParser:
         pending = self._pending
         if not pending and size >= self._needed:
             return chunk
+        if len(pending) + size >= self._needed:
+            # A record spans the previous chunk and this one: glue them with one copy
+            # (appending to the bytearray, then converting it, would copy the chunk twice).
+            data = b"".join((pending, chunk))
+            pending.clear()
+            return data
         pending += chunk
         if len(pending) < self._needed:
             if self.header is None and len(pending) >= 4:
