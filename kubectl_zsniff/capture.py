@@ -481,15 +481,3 @@ class CaptureRun:
             # quiet pod may never come.
             if self.pipeline.check_readers() and not self._stop.is_set():
                 self._stop.set()
-
-
-def CaptureStream(  # noqa: N802 - the one-pod entry point kept for callers of the old class
-    endpoint: ApiEndpoint,
-    pod: PodInfo,
-    container: str,
-    tcpdump: TcpdumpOptions,
-    limits: CaptureLimits,
-    pipeline: OutputPipeline,
-    reporter: Reporter,
-) -> CaptureRun:
-    return CaptureRun(endpoint, pipeline, tcpdump, limits, reporter)
