@@ -104,6 +104,18 @@ SIZE = _Size()
 OFFLINE_COMMANDS = ("view", "convert", "hosts", "enrich")
 
 
+class _CaptureContext(click.Context):
+    """Capturing is the default command: its usage and errors read `kubectl zsniff POD`."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else super().command_path
+
+
+class _CaptureCommand(click.Command):
+    context_class = _CaptureContext
+
+
 class ZsniffGroup(click.Group):
     """`kubectl zsniff POD ...` captures; `kubectl zsniff view|convert|hosts|enrich` are offline.
 
@@ -161,15 +173,27 @@ def _kube_options(func: Any) -> Any:
 
 
 @cli.command(
-    "capture", epilog=CAPTURE_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]}
+    "capture",
+    epilog=CAPTURE_EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    cls=_CaptureCommand,
 )
 @click.argument("words", nargs=-1, metavar="POD [pod/POD...] [BPF FILTER...]")
 @_kube_options
-@click.option("-l", "--selector", default=None,
-              help="Capture every running pod matching this label selector, in one file.")
+@click.option(
+    "-l",
+    "--selector",
+    default=None,
+    help="Capture every running pod matching this label selector, in one file.",
+)
 @click.option("-A", "--all-namespaces", is_flag=True, help="With -l: look in every namespace.")
-@click.option("--max-pods", type=click.IntRange(1), default=20, show_default=True,
-              help="Refuse to capture more pods than this at once.")
+@click.option(
+    "--max-pods",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Refuse to capture more pods than this at once.",
+)
 @click.option("-c", "--container", help="Container whose network to capture (default: first).")
 @click.option(
     "-i",
@@ -338,8 +362,9 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
     return CaptureOptions(
         kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
-        target=TargetOptions(tuple(pods), kw["container"], kw["selector"],
-                             kw["all_namespaces"], kw["max_pods"]),
+        target=TargetOptions(
+            tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"]
+        ),
         inject=InjectOptions(
             kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
         ),
@@ -434,12 +459,24 @@ def _cluster_names(kw: dict[str, Any], reporter: Any) -> dict[str, str]:
 @click.argument("capture_file", type=click.Path(dir_okay=False))
 @click.option("-Y", "--display-filter", default=None, help="Wireshark display filter.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Show at most N packets.")
-@click.option("-H", "--hosts", "hosts_file", default=None, type=click.Path(dir_okay=False),
-              help="Extra names from a Wireshark hosts file (see `hosts`).")
+@click.option(
+    "-H",
+    "--hosts",
+    "hosts_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Extra names from a Wireshark hosts file (see `hosts`).",
+)
 @click.option("--absolute-time", is_flag=True, help="Wall-clock times instead of relative.")
 @click.option("--debug", is_flag=True, hidden=True)
-def view_command(capture_file: str, display_filter: str | None, count: int | None,
-                 hosts_file: str | None, absolute_time: bool, debug: bool) -> None:
+def view_command(
+    capture_file: str,
+    display_filter: str | None,
+    count: int | None,
+    hosts_file: str | None,
+    absolute_time: bool,
+    debug: bool,
+) -> None:
     """Show a saved pcap/pcapng in the terminal, with the names it carries."""
     reporter = _make_reporter(False)
 
@@ -449,8 +486,14 @@ def view_command(capture_file: str, display_filter: str | None, count: int | Non
         from .view import view_file
 
         console = Console(highlight=False)
-        shown = view_file(capture_file, console, display_filter, count,
-                          "absolute" if absolute_time else "relative", hosts_file)
+        shown = view_file(
+            capture_file,
+            console,
+            display_filter,
+            count,
+            "absolute" if absolute_time else "relative",
+            hosts_file,
+        )
         reporter.progress(f"{shown} packets shown")
         return 0
 
@@ -461,11 +504,16 @@ def view_command(capture_file: str, display_filter: str | None, count: int | Non
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("destination", type=click.Path(dir_okay=False))
 @_kube_options
-@click.option("--names-from", type=click.Path(dir_okay=False), default=None,
-              help="Take the names from a hosts file instead of the cluster.")
+@click.option(
+    "--names-from",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Take the names from a hosts file instead of the cluster.",
+)
 @click.option("--debug", is_flag=True, hidden=True)
-def convert_command(source: str, destination: str, names_from: str | None, debug: bool,
-                    **kw: Any) -> None:
+def convert_command(
+    source: str, destination: str, names_from: str | None, debug: bool, **kw: Any
+) -> None:
     """Turn any pcap/pcapng (ksniff, tcpdump...) into a pcapng carrying the cluster's names."""
     reporter = _make_reporter(False)
 
@@ -473,8 +521,12 @@ def convert_command(source: str, destination: str, names_from: str | None, debug
         from .offline import convert_capture
 
         names = _read_hosts(names_from) if names_from else _cluster_names(kw, reporter)
-        summary = convert_capture(Path(source), Path(destination), names,
-                                  f"converted by kubectl-zsniff {__version__} from {source}")
+        summary = convert_capture(
+            Path(source),
+            Path(destination),
+            names,
+            f"converted by kubectl-zsniff {__version__} from {source}",
+        )
         reporter.progress(
             f"wrote {destination}: {summary.packets} packets, {summary.interfaces} interfaces, "
             f"{summary.names} cluster names (+{summary.kept_names} from the file); "
@@ -487,8 +539,15 @@ def convert_command(source: str, destination: str, names_from: str | None, debug
 
 @cli.command("hosts")
 @_kube_options
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="-",
-              show_default=True, help="Where to write the hosts file.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    default="-",
+    show_default=True,
+    help="Where to write the hosts file.",
+)
 @click.option("--debug", is_flag=True, hidden=True)
 def hosts_command(output: str, debug: bool, **kw: Any) -> None:
     """Write the cluster's names as a Wireshark hosts file (tshark -H FILE -N n)."""
@@ -511,14 +570,24 @@ def hosts_command(output: str, debug: bool, **kw: Any) -> None:
 @cli.command("enrich")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
 @_kube_options
-@click.option("--names-from", type=click.Path(dir_okay=False), default=None,
-              help="Names from a zsniff pcapng (as they were during that capture) or a hosts "
-              "file, instead of the cluster.")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
-              help="Write enriched copies here (default: rewrite in place).")
+@click.option(
+    "--names-from",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Names from a zsniff pcapng (as they were during that capture) or a hosts "
+    "file, instead of the cluster.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write enriched copies here (default: rewrite in place).",
+)
 @click.option("--debug", is_flag=True, hidden=True)
-def enrich_command(logs: tuple[str, ...], names_from: str | None, output_dir: str | None,
-                   debug: bool, **kw: Any) -> None:
+def enrich_command(
+    logs: tuple[str, ...], names_from: str | None, output_dir: str | None, debug: bool, **kw: Any
+) -> None:
     """Add orig_pod/resp_pod (and namespaces) to Zeek logs (TSV or JSON) made elsewhere."""
     reporter = _make_reporter(False)
 
@@ -555,8 +624,13 @@ def _is_capture(path: str) -> bool:
             magic = f.read(4)
     except OSError as exc:
         raise ZsniffError(f"cannot read {path}: {exc.strerror}", "", ExitStatus.USAGE) from exc
-    return magic in (b"\x0a\x0d\x0d\x0a", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
-                     b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    return magic in (
+        b"\x0a\x0d\x0d\x0a",
+        b"\xd4\xc3\xb2\xa1",
+        b"\xa1\xb2\xc3\xd4",
+        b"\x4d\x3c\xb2\xa1",
+        b"\xa1\xb2\x3c\x4d",
+    )
 
 
 def _read_hosts(path: str) -> dict[str, str]:
