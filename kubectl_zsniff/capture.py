@@ -240,6 +240,7 @@ class PodStream:
         self.stop = stop
         self.report = TcpdumpReport()
         self.first_packet_at: float | None = None
+        self.container_gone = False
         self.many = False  # several pods: progress lines name the pod
         argv = tcpdump.argv()
         if limits.packet_count is not None:
@@ -300,6 +301,14 @@ class PodStream:
                 "the capture file is valid up to the last whole packet; run again to continue",
                 ExitStatus.STREAM_LOST,
             )
+        elif result.finished_by_itself and self.container_gone:
+            result.error = ZsniffError(
+                f'pod "{self.pod.namespace}/{self.pod.name}" went away during the capture '
+                "(deleted, evicted, or its capture container stopped)",
+                "the capture file holds everything up to then; "
+                f"kubectl get pod {self.pod.name} -n {self.pod.namespace} shows what happened",
+                ExitStatus.POD_NOT_RUNNING,
+            )
         elif exec_result is not None and result.finished_by_itself and (
             exec_result.exit_code not in (0, None)
             or (exec_result.exit_code is None and exec_result.failure_message)
@@ -347,6 +356,10 @@ class PodStream:
             try:
                 code = await self._in_container('kill -0 "$1" 2>/dev/null', str(self.report.pid))
             except ZsniffError as err:
+                if err.status in (ExitStatus.NOT_FOUND, ExitStatus.POD_NOT_RUNNING):
+                    # The pod or its capture container is gone, and every process with it.
+                    self.container_gone = True
+                    return True
                 notes.append(f"could not verify that tcpdump stopped: {err.message}")
                 return None
             if code != 0:
