@@ -485,7 +485,8 @@ def view_command(
 
         from .view import view_file
 
-        console = Console(highlight=False)
+        # A pipe has no width: keep whole summaries rather than rich's 80 columns.
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
         shown = view_file(
             capture_file,
             console,

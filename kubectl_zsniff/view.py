@@ -64,6 +64,15 @@ _COLUMNS = (
 )
 
 
+def _plain_seconds(text: str) -> str:
+    """Relative times with six decimals (tshark writes 0.0, 0.32109, 2.5e-05); wall-clock
+    times, which are not plain numbers, as tshark wrote them."""
+    try:
+        return f"{float(text):.6f}"
+    except (TypeError, ValueError):
+        return str(text)
+
+
 @dataclass(frozen=True)
 class Row:
     """What one terminal line shows for one packet."""
@@ -253,7 +262,7 @@ def row_from_packet(packet: Any) -> Row:
     if hasattr(packet, "summary_line"):  # pyshark PacketSummary from our PSML columns
         return Row(
             number=int(getattr(packet, "no", 0) or 0),
-            time=getattr(packet, "time", ""),
+            time=_plain_seconds(getattr(packet, "time", "")),
             src=getattr(packet, "src", ""),
             src_port=getattr(packet, "sport", ""),
             dst=getattr(packet, "dst", ""),
@@ -595,8 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = _parse_args(argv)
     force = {"always": True, "never": False}.get(args.color)
+    width = args.width
+    if width is None and not sys.stdout.isatty():
+        # A pipe or a file has no width: keep whole summaries (rich would crop at 80 columns).
+        width = 200
     console = Console(
-        width=args.width, force_terminal=force, no_color=args.color == "never", highlight=False
+        width=width, force_terminal=force, no_color=args.color == "never", highlight=False
     )
     try:
         require_tshark()
