@@ -199,23 +199,31 @@ class PodCapture:
 
 @dataclass
 class CaptureSummary:
-    pod: PodInfo
-    container: str
+    pods: list[PodCapture]
     packets: int
     data_bytes: int
     output_bytes: int
     seconds: float
     reason: StopReason
     exit_status: ExitStatus
-    tcpdump: TcpdumpReport
-    remote_stopped: bool | None
     first_packet_seconds: float | None
     names_written: int
     closed_sinks: list[str]
     notes: list[str]
     sink_results: list[tuple[str, Any]]
     error: ZsniffError | None = None
-    pods: list[PodCapture] = field(default_factory=list)
+
+    @property
+    def pod(self) -> PodInfo:
+        return self.pods[0].pod
+
+    @property
+    def remote_stopped(self) -> bool | None:
+        """True when tcpdump is verified gone in every pod, False if it runs in any."""
+        verdicts = [p.remote_stopped for p in self.pods]
+        if False in verdicts:
+            return False
+        return None if None in verdicts else True
 
 
 class PodStream:
@@ -242,10 +250,8 @@ class PodStream:
         self.first_packet_at: float | None = None
         self.container_gone = False
         self.many = False  # several pods: progress lines name the pod
-        argv = tcpdump.argv()
-        if limits.packet_count is not None:
-            # tcpdump stops itself exactly there; the pipeline enforces it too.
-            argv = ["-c", str(limits.packet_count), *argv]
+        # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
+        argv = tcpdump.argv(limits.packet_count)
         self.session = ExecSession(
             endpoint, self.pod.namespace, self.pod.name, self.container,
             capture_command(self.container, argv), stdin=True,
@@ -462,26 +468,21 @@ class CaptureRun:
         for p in pods:
             prefix = f"{p.pod.namespace}/{p.pod.name}: " if len(pods) > 1 else ""
             notes += [prefix + note for note in p.notes]
-        remote = [p.remote_stopped for p in pods]
         first_packets = [s.first_packet_at for s in self.streams if s.first_packet_at is not None]
         return CaptureSummary(
-            pod=pods[0].pod,
-            container=pods[0].container,
+            pods=pods,
             packets=pipeline.packets,
             data_bytes=pipeline.data_bytes,
             output_bytes=pipeline.output_bytes,
             seconds=time.monotonic() - started,
             reason=reason,
             exit_status=error.status if error else EXIT_FOR_REASON[reason],
-            tcpdump=pods[0].report,
-            remote_stopped=(False if False in remote else None if None in remote else True),
             first_packet_seconds=min(first_packets) if first_packets else None,
             names_written=pipeline.names_written,
             closed_sinks=pipeline.closed_sinks,
             notes=notes,
             sink_results=[],
             error=error,
-            pods=pods,
         )
 
     async def _report_stats(self, started: float) -> None:

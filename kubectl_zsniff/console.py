@@ -68,13 +68,13 @@ class ConsoleReporter:
     def summary(self, summary: Any, opts: Any) -> None:
         if self.quiet:
             return
-        pods = summary.pods or []
+        pods = summary.pods
         if len(pods) > 1:
             pod = f"{len(pods)} pods (" + ", ".join(
                 f"{p.pod.namespace}/{p.pod.name}: {p.packets:,}" for p in pods) + ")"
         else:
             pod = f"{summary.pod.namespace}/{summary.pod.name}"
-        drops = [p.report.dropped for p in pods] or [summary.tcpdump.dropped]
+        drops = [p.report.dropped for p in pods]
         parts = [
             f"{summary.packets:,} packets ({human_bytes(summary.data_bytes)}) from {pod} "
             f"in {summary.seconds:.1f} s; stopped: {summary.reason.value}",

@@ -82,6 +82,9 @@ class NameBook:
         # Owners per object key (kind, ns, name) to release addresses on DELETED.
         self._by_object: dict[tuple[str, str, str], list[str]] = {}
         self._pending: list[NameChange] = []
+        # Per kind: the resourceVersion listed and whether the list was cluster-wide, where
+        # the watches resume.
+        self._resource_versions: dict[str, tuple[str, bool]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.watch_errors: list[str] = []
@@ -192,7 +195,6 @@ class NameBook:
             ),
             ("nodes", kube.core.list_node, kube.core.list_node, node_names),
         ]
-        self._resource_versions: dict[str, tuple[str, bool]] = {}
         for kind, list_all, list_ns, namer in sources:
             try:
                 result = kube.call(f"list {kind}", list_all)
@@ -221,7 +223,7 @@ class NameBook:
     def start_watching(self, kube: KubeClient, namespace: str) -> None:
         """Follow pods, services and nodes in background threads until `stop()`."""
         namers = {"pods": pod_names, "services": service_names, "nodes": node_names}
-        for kind, (rv, cluster_wide) in getattr(self, "_resource_versions", {}).items():
+        for kind, (rv, cluster_wide) in self._resource_versions.items():
             thread = threading.Thread(
                 target=self._watch_loop,
                 args=(kube, kind, namespace, cluster_wide, rv, namers[kind]),

@@ -165,19 +165,10 @@ def _parse_name(text: str) -> PodName | None:
         return PodName(text, None, "pod", None)
 
 
-def ensure_directory(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ZsniffError(f"cannot create {path}: {exc.strerror}", "",
-                          ExitStatus.OUTPUT_ERROR) from exc
-
-
 __all__ = [
     "ConvertSummary",
     "convert_capture",
     "hosts_file_text",
     "names_from_capture",
     "write_text_private",
-    "ensure_directory",
 ]

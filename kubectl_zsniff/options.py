@@ -65,13 +65,15 @@ class TcpdumpOptions:
     bpf_filter: str = ""
     promiscuous: bool = True
 
-    def argv(self) -> list[str]:
+    def argv(self, packet_count: int | None = None) -> list[str]:
         """tcpdump's arguments. Each is one argv element: nothing goes through a shell."""
         # --immediate-mode: libpcap otherwise holds packets up to its 1 s block timeout, and
         # tcpdump stopped by a signal loses what it still holds (measured: a ping sent 0.4 s
         # before Ctrl-C was missing from the file). It also makes the first packet show at once.
         args = ["-i", self.interface, "-s", str(self.snaplen), "--immediate-mode", "-U",
                 "-w", "-"]
+        if packet_count is not None:
+            args += ["-c", str(packet_count)]  # tcpdump stops itself exactly there
         if not self.promiscuous:
             args.append("-p")
         if self.bpf_filter:

@@ -97,7 +97,6 @@ class OutputPipeline:
         self.limits = limits
         self.book = book
         self.lanes = [Lane(self, p, c) for p, c in zip(pods, containers, strict=True)]
-        self.pod = pods[0]
         self.wants_pcap = any(s.fmt == "pcap" for s in self.sinks)
         self.wants_pcapng = any(s.fmt == "pcapng" for s in self.sinks)
         # Packet objects are needed for pcapng and for exact limits; plain splitting otherwise.

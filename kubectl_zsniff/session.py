@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .capture import CaptureRun, CaptureSummary, OutputPipeline, Reporter, check_filter_locally
-from .errors import ExitStatus, ZsniffError
+from .errors import ZsniffError
 from .inject import PodInfo, Target, ensure_capture_container, resolve_targets
 from .kube import KubeClient, load_client
 from .names import NameBook
@@ -179,4 +179,4 @@ def _close_sinks(sinks: list[Sink], summary: CaptureSummary) -> list[tuple[str, 
     return results
 
 
-__all__ = ["run_capture", "output_format_for", "ExitStatus"]
+__all__ = ["run_capture", "output_format_for"]
