@@ -264,13 +264,18 @@ class PodStream:
         lane = self.lane
         pipeline = lane.pipeline
         stop = self.stop
+        loop = asyncio.get_running_loop()
+        stop_posted = False
 
         def on_stdout(chunk: memoryview) -> None:
+            # In the stream's reader thread: the event loop only hears of a stop.
+            nonlocal stop_posted
             lane.feed(chunk)
             if self.first_packet_at is None and lane.packets:
                 self.first_packet_at = time.monotonic() - started
-            if pipeline.stop_reason is not None and not stop.is_set():
-                stop.set()
+            if pipeline.stop_reason is not None and not stop_posted:
+                stop_posted = True
+                loop.call_soon_threadsafe(stop.set)
 
         def on_stderr(data: bytes) -> None:
             was_listening = self.report.listening

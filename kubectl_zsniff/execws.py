@@ -2,7 +2,8 @@
 
 Why not the official client's ``stream()`` helper: it copies its whole buffer on every frame and
 decodes bytes as UTF-8 unless told otherwise (see docs/kubernetes-facts.md): a capture stream
-needs binary-exact, copy-light reading. The official client still owns kubeconfig and auth;
+needs binary-exact, copy-light reading. The websocket itself is ``websocket.py`` (a thread reads
+TLS records straight into one buffer). The official client still owns kubeconfig and auth;
 ``endpoint_from_configuration`` turns its ``Configuration`` into what this module needs.
 
 Wire format (both protocols): every websocket message is binary; byte 0 is the channel
@@ -22,19 +23,19 @@ Behaviour choices (callers rely on them):
 * A failure *status* (non-zero exit, executable not found, ...) is not an exception in ``run``:
   it is returned in ``ExecResult.status`` for the caller to classify (tcpdump's own errors mean
   different things to different callers).
-* Environment proxy variables are NOT honoured (websockets would by default); only
-  ``ApiEndpoint.proxy`` (kubeconfig ``proxy-url``) is, and only with websockets >= 15. This
-  matches the official client's REST calls, which ignore the environment as well.
+* Environment proxy variables are NOT honoured; only ``ApiEndpoint.proxy`` (kubeconfig
+  ``proxy-url``, http:// only) is. This matches the official client's REST calls, which
+  ignore the environment as well.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
+import contextlib
 import json
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.websocket import OP_BINARY, CloseInfo, WebSocket
 
 PROTOCOL_V5 = "v5.channel.k8s.io"
 PROTOCOL_V4 = "v4.channel.k8s.io"
@@ -65,7 +67,7 @@ class ApiEndpoint:
     base_url: str  # http(s)://host:port[/prefix]
     headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
     ssl_context: ssl.SSLContext | None = None
-    proxy: str | None = None  # kubeconfig proxy-url; used only with websockets >= 15
+    proxy: str | None = None  # kubeconfig proxy-url (http:// only)
     server_hostname: str | None = None  # kubeconfig tls-server-name (SNI and cert check)
 
     @property
@@ -222,18 +224,13 @@ def _parse_status(payload: bytes) -> dict[str, Any]:
     return {"status": "Failure", "message": payload.decode("utf-8", "replace").strip()}
 
 
-@functools.lru_cache(maxsize=1)
-def _connect_accepts_proxy() -> bool:
-    # The proxy argument (and the default of reading proxy variables) came in websockets 15.
-    from websockets.asyncio.client import connect
-
-    return "proxy" in inspect.signature(connect.__init__).parameters
-
-
 class ExecSession:
     """One exec websocket: ``connect()``, then ``run()`` (and ``send_stdin`` from elsewhere).
 
     Use as ``async with ExecSession(...) as s: result = await s.run(out, err)``.
+
+    The stream is read by a thread of its own (see ``websocket``): ``run``'s ``on_stdout`` is
+    called in that thread, ``on_stderr`` in the event loop.
     """
 
     def __init__(
@@ -248,11 +245,10 @@ class ExecSession:
         tty: bool = False,
         open_timeout: float = 30.0,
         ping_interval: float | None = 20.0,
-        # Generous: a pong queues behind megabytes of capture when the consumer is slow.
+        # Generous: the server may be slow to answer while it pushes megabytes of capture.
         ping_timeout: float | None = 60.0,
         close_timeout: float = 5.0,
         status_grace: float = 5.0,
-        max_queue: int = 64,
     ) -> None:
         self.endpoint = endpoint
         self.namespace = namespace
@@ -265,8 +261,8 @@ class ExecSession:
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
         self._status_grace = status_grace
-        self._max_queue = max_queue
-        self._ws: Any = None  # websockets.asyncio.client.ClientConnection once connected
+        self._ws: WebSocket | None = None
+        self._reader_done: asyncio.Event | None = None
         self._closing = False
         self.protocol: str | None = None
 
@@ -290,29 +286,31 @@ class ExecSession:
 
     async def connect(self) -> None:
         """Open the websocket; handshake failures become ``ZsniffError`` with a hint."""
-        from websockets.asyncio.client import connect
-        from websockets.typing import Subprotocol
+        from . import websocket
 
-        kwargs: dict[str, Any] = {
-            "subprotocols": [Subprotocol(p) for p in SUBPROTOCOLS],
-            "compression": None,  # the API server does not compress; deflate only costs CPU
-            "additional_headers": dict(self.endpoint.headers),
-            "user_agent_header": f"kubectl-zsniff/{__version__}",
-            "open_timeout": self._open_timeout,
-            "ping_interval": self._ping_interval,
-            "ping_timeout": self._ping_timeout,
-            "close_timeout": self._close_timeout,
-            "max_size": None,  # a stdout frame may be large; never fail on size
-            "max_queue": self._max_queue,
-        }
-        if _connect_accepts_proxy():
-            kwargs["proxy"] = self.endpoint.proxy
-        if self.url.startswith("wss://"):
-            kwargs["ssl"] = self.endpoint.ssl_context or ssl.create_default_context()
-            if self.endpoint.server_hostname:
-                kwargs["server_hostname"] = self.endpoint.server_hostname
+        endpoint = self.endpoint
+        proxy = endpoint.proxy
+        if proxy and not proxy.startswith("http://"):
+            raise ZsniffError(
+                f"the kubeconfig proxy-url {urlsplit(proxy).scheme}:// is not supported for "
+                "the capture stream (only http:// proxies are)",
+                "use an http:// proxy in proxy-url, or reach the API server directly",
+                status=ExitStatus.USAGE,
+            )
+        secure = self.url.startswith("wss://")
         try:
-            self._ws = await connect(self.url, **kwargs)
+            self._ws = await asyncio.to_thread(
+                websocket.connect,
+                self.url,
+                headers=endpoint.headers,
+                subprotocols=SUBPROTOCOLS,
+                ssl_context=(endpoint.ssl_context or ssl.create_default_context())
+                if secure else None,
+                server_hostname=endpoint.server_hostname,
+                proxy=proxy,
+                timeout=self._open_timeout,
+                user_agent=f"kubectl-zsniff/{__version__}",
+            )
         except Exception as exc:
             mapped = _handshake_error(exc, self)
             if mapped is None:
@@ -320,9 +318,6 @@ class ExecSession:
             raise mapped from None  # the cause may carry request details: keep it out
         self.protocol = self._ws.subprotocol or PROTOCOL_V4
         self._closing = False
-        transport = getattr(self._ws, "transport", None)
-        if isinstance(transport, asyncio.Transport):
-            transport.set_protocol(_BufferedReads(transport.get_protocol()))
 
     async def run(
         self,
@@ -331,79 +326,88 @@ class ExecSession:
     ) -> ExecResult:
         """Deliver stdout/stderr until the server closes; return how the command ended.
 
-        ``on_stdout`` gets a memoryview into the received message (no copy): copy it if kept
-        beyond the call. Raises ``StreamLostError`` if the stream ends without a status frame
-        (unless ``close()`` was called).
+        ``on_stdout`` runs in the reader thread and gets a view of the read buffer: it must
+        copy what it keeps beyond the call. ``on_stderr`` runs in the event loop. Raises
+        ``StreamLostError`` if the stream ends without a status frame (unless ``close()``
+        was called); whatever ``on_stdout`` raises ends the stream and is raised here.
         """
-        from websockets.exceptions import ConnectionClosed
-
         ws = self._ws
         if ws is None:
             raise RuntimeError("ExecSession.run() before connect()")
-        n_out = 0
-        n_err = 0
-        status: dict[str, Any] | None = None
-        recv = ws.recv
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+        done = self._reader_done = asyncio.Event()
+        reader = _ChannelReader(ws, loop, on_stdout, on_stderr, self._status_grace)
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            done.set()
+            if outcome.done():
+                return
+            if error is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(result)
+
+        def read() -> None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = ws.read_messages(
+                    reader.on_data,
+                    ping_interval=self._ping_interval,
+                    ping_timeout=self._ping_timeout,
+                    close_timeout=self._close_timeout,
+                )
+            except BaseException as exc:
+                error = exc
+            finally:
+                ws.close()
+            # stderr posted before this runs first: call_soon_threadsafe keeps the order.
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=read, name=f"zsniff-exec-{self.pod}", daemon=True).start()
         try:
-            # The hot loop: one branch and one memoryview per message, nothing else.
-            while status is None:
-                msg = await recv(False)
-                if not msg:
-                    continue
-                channel = msg[0]
-                if channel == CH_STDOUT:
-                    n_out += len(msg) - 1
-                    on_stdout(memoryview(msg)[1:])
-                elif channel == CH_STDERR:
-                    n_err += len(msg) - 1
-                    on_stderr(msg[1:])
-                elif channel == CH_STATUS:
-                    status = _parse_status(msg[1:])
-                # CH_CLOSE (v5: the server closed one of its channels) and unknown channels
-                # need no action: the status frame and the websocket close end the stream.
-            # Status seen: drain whatever still comes until the close, but not forever.
-            while True:
-                msg = await asyncio.wait_for(recv(False), self._status_grace)
-                if msg and msg[0] == CH_STDOUT:
-                    n_out += len(msg) - 1
-                    on_stdout(memoryview(msg)[1:])
-                elif msg and msg[0] == CH_STDERR:
-                    n_err += len(msg) - 1
-                    on_stderr(msg[1:])
-        except ConnectionClosed as exc:
-            if status is None and not self._closing:
-                result = ExecResult(None, None, n_out, n_err, complete=False)
-                raise StreamLostError(
-                    f"the exec stream from {self.target} ended before the command did, "
-                    f"after {n_out} bytes of output ({_close_text(exc)})",
-                    result,
-                ) from None
-        except (asyncio.TimeoutError, TimeoutError):
-            # The status came but the server kept the socket open: nothing more is due.
-            await self.close()
+            info = await asyncio.shield(outcome)
+        except asyncio.CancelledError:
+            ws.abort()
+            raise
+        except Exception as exc:
+            from .websocket import ProtocolError
+
+            if not isinstance(exc, ProtocolError):
+                raise
+            info = CloseInfo(None, f"protocol error: {exc}", by_client=False)
+        status = reader.status
+        n_out, n_err = reader.bytes_stdout, reader.bytes_stderr
+        if status is None and not (self._closing or info.by_client):
+            result = ExecResult(None, None, n_out, n_err, complete=False)
+            raise StreamLostError(
+                f"the exec stream from {self.target} ended before the command did, "
+                f"after {n_out} bytes of output ({info.describe()})",
+                result,
+            )
         return ExecResult(
             exit_code_of(status),
             status,
             n_out,
             n_err,
             complete=status is not None,
-            closed_by_client=self._closing and status is None,
+            closed_by_client=status is None,
         )
 
     async def send_stdin(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes to the command's stdin (the session must have been opened with stdin)."""
-        if self._ws is None:
-            raise RuntimeError("ExecSession.send_stdin() before connect()")
-        await self._ws.send(_STDIN_PREFIX + bytes(data))
+        ws = self._connected("send_stdin")
+        await asyncio.to_thread(ws.send, OP_BINARY, _STDIN_PREFIX + bytes(data))
 
     async def close_stdin(self) -> bool:
         """Signal EOF on stdin. Returns False on v4, which has no way to do it (only closing
         the whole websocket does, which also ends stdout)."""
-        if self._ws is None:
-            raise RuntimeError("ExecSession.close_stdin() before connect()")
+        ws = self._connected("close_stdin")
         if self.protocol != PROTOCOL_V5:
             return False
-        await self._ws.send(_CLOSE_STDIN)
+        await asyncio.to_thread(ws.send, OP_BINARY, _CLOSE_STDIN)
         return True
 
     async def close(self) -> None:
@@ -416,51 +420,73 @@ class ExecSession:
         if ws is None:
             return
         self._closing = True
-        await ws.close()
+        done = self._reader_done
+        if done is None:  # never read: nothing to wait for
+            await asyncio.to_thread(ws.request_close, 1000, self._close_timeout)
+            ws.abort()
+            ws.close()
+            return
+        if done.is_set():
+            return
+        await asyncio.to_thread(ws.request_close, 1000, self._close_timeout)
+        try:
+            await asyncio.wait_for(done.wait(), self._close_timeout + 1.0)
+        except (asyncio.TimeoutError, TimeoutError):
+            ws.abort()
+
+    def _connected(self, what: str) -> WebSocket:
+        if self._ws is None:
+            raise RuntimeError(f"ExecSession.{what}() before connect()")
+        return self._ws
 
 
-class _BufferedReads(asyncio.BufferedProtocol):
-    """Puts a reusable receive buffer between the transport and websockets' protocol.
+class _ChannelReader:
+    """Splits websocket messages into the exec channels (runs in the reader thread)."""
 
-    With a plain ``Protocol`` asyncio's TLS layer allocates a bytes object per TLS record
-    (16 KB) and joins them for every ``data_received``: ~70,000 allocations and an extra copy
-    per GB. A ``BufferedProtocol`` has each record decrypted straight into this buffer;
-    websockets gets a view of it and copies it into its own stream buffer at once (it keeps
-    no reference), so the buffer is free again when ``data_received`` returns.
-    """
+    def __init__(
+        self,
+        ws: WebSocket,
+        loop: asyncio.AbstractEventLoop,
+        on_stdout: Callable[[memoryview], object],
+        on_stderr: Callable[[bytes], object],
+        status_grace: float,
+    ) -> None:
+        self.ws = ws
+        self.loop = loop
+        self.on_stdout = on_stdout
+        self.on_stderr = on_stderr
+        self.status_grace = status_grace
+        self.channel = -1  # -1: the message's channel byte has not come yet
+        self.bytes_stdout = 0
+        self.bytes_stderr = 0
+        self.status: dict[str, Any] | None = None
+        self._status_text = bytearray()
 
-    def __init__(self, inner: Any, size: int = 256 * 1024) -> None:
-        self._inner = inner
-        self._view = memoryview(bytearray(size))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._inner.data_received(self._view[:nbytes])
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
-def _close_text(exc: Exception) -> str:
-    rcvd = getattr(exc, "rcvd", None)
-    if rcvd is None:
-        return "connection dropped without a close frame"
-    reason = f": {rcvd.reason}" if rcvd.reason else ""
-    return f"closed with code {rcvd.code}{reason}"
+    def on_data(self, piece: memoryview, first: bool, final: bool) -> None:
+        if first:
+            self.channel = -1
+        channel = self.channel
+        if channel == -1:
+            if not piece:
+                return
+            channel = self.channel = piece[0]
+            piece = piece[1:]
+        if channel == CH_STDOUT:
+            if piece:
+                self.bytes_stdout += len(piece)
+                self.on_stdout(piece)
+        elif channel == CH_STDERR:
+            if piece:
+                self.bytes_stderr += len(piece)
+                self.loop.call_soon_threadsafe(self.on_stderr, bytes(piece))
+        elif channel == CH_STATUS and self.status is None:
+            self._status_text += piece
+            if final:
+                self.status = _parse_status(bytes(self._status_text))
+                # Whatever still comes is read until the server closes, but not forever.
+                self.ws.close_after(self.status_grace)
+        # CH_CLOSE (v5: the server closed one of its channels) and unknown channels need no
+        # action: the status frame and the websocket close end the stream.
 
 
 def _status_body(body: bytes | bytearray | None) -> tuple[str, str]:
@@ -488,13 +514,13 @@ _NOT_RUNNING_WORDS = (
 
 def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | None:
     """Map a failed websocket handshake to the project's error family (None: not ours)."""
-    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+    from .websocket import HandshakeFailed, HandshakeRejected
 
     host = session.endpoint.host
     ns = session.namespace
-    if isinstance(exc, InvalidStatus):
-        code = exc.response.status_code
-        message, reason = _status_body(exc.response.body)
+    if isinstance(exc, HandshakeRejected):
+        code = exc.status_code
+        message, reason = _status_body(exc.body)
         if code == 401:
             return ZsniffError(
                 f"the API server {host} rejected the credentials (HTTP 401)",
@@ -581,14 +607,11 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
             "is the cluster running and the kubeconfig server URL right?",
             status=ExitStatus.UNREACHABLE,
         )
-    if isinstance(exc, InvalidURI):
+    if isinstance(exc, HandshakeFailed):
+        via_proxy = str(exc).startswith(("the proxy", "unsupported proxy"))
         return ZsniffError(
-            f"invalid API server URL for {host}", "check the server URL in your kubeconfig"
-        )
-    if isinstance(exc, (InvalidHandshake, EOFError)):
-        return ZsniffError(
-            f"the API server {host} did not complete the websocket handshake "
-            f"({type(exc).__name__})",
+            f"the API server {host} did not complete the websocket handshake: {exc}",
+            "check proxy-url in your kubeconfig" if via_proxy else
             "is the kubeconfig server URL the API server itself, with the right scheme?",
             status=ExitStatus.UNREACHABLE,
         )

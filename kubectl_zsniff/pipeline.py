@@ -9,6 +9,7 @@ them. pcap sinks get tcpdump's own bytes (several pods: one header, records inte
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
@@ -61,15 +62,19 @@ class Lane:
         self._raw_header = bytearray()
 
     def feed(self, chunk: memoryview | bytes) -> None:
-        """Handle one stdout frame of this pod. Never raises: failures become a stop reason."""
+        """Handle one piece of this pod's stream. Never raises: failures become a stop reason.
+
+        Thread-safe: each pod's stream is read by a thread of its own.
+        """
         pipeline = self.pipeline
-        if not pipeline.accepting:
-            return
-        try:
-            pipeline._feed(self, chunk)
-        except ZsniffError as err:
-            pipeline.failure = err
-            pipeline.stop_reason = StopReason.OUTPUT_FAILED
+        with pipeline.lock:
+            if not pipeline.accepting:
+                return
+            try:
+                pipeline._feed(self, chunk)
+            except ZsniffError as err:
+                pipeline.failure = err
+                pipeline.stop_reason = StopReason.OUTPUT_FAILED
 
 
 class OutputPipeline:
@@ -97,6 +102,8 @@ class OutputPipeline:
         self.limits = limits
         self.book = book
         self.lanes = [Lane(self, p, c) for p, c in zip(pods, containers, strict=True)]
+        # Held while a lane writes: lanes are fed from their streams' reader threads.
+        self.lock = threading.Lock()
         self.wants_pcap = any(s.fmt == "pcap" for s in self.sinks)
         self.wants_pcapng = any(s.fmt == "pcapng" for s in self.sinks)
         # Packet objects are needed for pcapng and for exact limits; plain splitting otherwise.
@@ -404,7 +411,20 @@ class OutputPipeline:
             self.stop_reason = self.stop_reason or StopReason.SIZE_LIMIT
 
     def check_readers(self) -> bool:
-        """Drop sinks whose reader is gone; True when that leaves none (the capture stops)."""
+        """Drop sinks whose reader is gone; True when that leaves none (the capture stops).
+
+        Skipped while a lane is writing (it may be blocked on that very reader): the write
+        then finds a gone reader by itself.
+        """
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self._drop_gone_readers()
+        finally:
+            self.lock.release()
+        return self.stop_reason is StopReason.READER_CLOSED
+
+    def _drop_gone_readers(self) -> None:
         for sink in list(self.sinks):
             gone = getattr(sink, "reader_gone", None)
             if gone is not None and gone():
@@ -412,10 +432,10 @@ class OutputPipeline:
                 self.closed_sinks.append(sink.label)
                 if not self.sinks:
                     self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
-        return self.stop_reason is StopReason.READER_CLOSED
 
     def close(self) -> list[tuple[str, Any]]:
-        return [(sink.label, sink.close()) for sink in self.sinks]
+        with self.lock:
+            return [(sink.label, sink.close()) for sink in self.sinks]
 
 
 def _packets_of(raw: bytes | memoryview, parser: PcapStreamParser) -> list[Packet]:
