@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ExitStatus, ZsniffError
-from .kube import KubeClient
+from .kube import JSON, KubeClient, api_path, field, pod_ips
 from .options import InjectOptions
 
 CONTAINER_PREFIX = "zsniff-"
@@ -107,13 +107,11 @@ def restricted_error(namespace: str) -> ZsniffError:
     )
 
 
-def get_pod(kube: KubeClient, namespace: str, name: str) -> Any:
+def get_pod(kube: KubeClient, namespace: str, name: str) -> JSON:
     try:
-        return kube.call(
+        return kube.get(
             f'get pod "{name}" in namespace "{namespace}"',
-            kube.core.read_namespaced_pod,
-            name,
-            namespace,
+            api_path("pods", name, namespace=namespace),
         )
     except ZsniffError as err:
         if err.status == ExitStatus.NOT_FOUND:
@@ -125,18 +123,16 @@ def get_pod(kube: KubeClient, namespace: str, name: str) -> Any:
         raise
 
 
-def describe_pod(pod: Any) -> PodInfo:
-    status = pod.status
-    ips = tuple(p.ip for p in (status.pod_ips or []) if p.ip) or (
-        (status.pod_ip,) if status.pod_ip else ()
-    )
+def describe_pod(pod: JSON) -> PodInfo:
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
     return PodInfo(
-        namespace=pod.metadata.namespace,
-        name=pod.metadata.name,
-        node=pod.spec.node_name or "",
-        containers=tuple(c.name for c in pod.spec.containers),
-        phase=status.phase or "Unknown",
-        pod_ips=ips,
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        node=str(spec.get("nodeName") or ""),
+        containers=tuple(str(c.get("name")) for c in spec.get("containers") or ()),
+        phase=str(field(pod, "status", "phase") or "Unknown"),
+        pod_ips=tuple(pod_ips(pod)),
     )
 
 
@@ -168,29 +164,28 @@ def check_capturable(info: PodInfo, container: str | None) -> str:
 def namespace_psa_level(kube: KubeClient, namespace: str) -> str | None:
     """The enforced PodSecurity level, or None when unlabelled or not readable by this user."""
     try:
-        ns = kube.call("get namespace", kube.core.read_namespace, namespace)
+        ns = kube.get("get namespace", api_path("namespaces", namespace))
     except ZsniffError as err:
         if err.status in (ExitStatus.FORBIDDEN, ExitStatus.NOT_FOUND):
             return None
         raise
-    labels = (ns.metadata.labels if ns.metadata else None) or {}
-    level = labels.get(PSA_LABEL)
+    level = (field(ns, "metadata", "labels") or {}).get(PSA_LABEL)
     return str(level) if level else None
 
 
-def find_reusable(pod: Any, image: str) -> str | None:
+def find_reusable(pod: JSON, image: str) -> str | None:
     """A running zsniff container of the same image already in the pod."""
-    specs = {c.name: c for c in (pod.spec.ephemeral_containers or [])}
-    for status in pod.status.ephemeral_container_statuses or []:
-        spec = specs.get(status.name)
+    specs = {c.get("name"): c for c in field(pod, "spec", "ephemeralContainers") or ()}
+    for status in field(pod, "status", "ephemeralContainerStatuses") or ():
+        name = str(status.get("name") or "")
+        spec = specs.get(name)
         if (
             spec is not None
-            and status.name.startswith(CONTAINER_PREFIX)
-            and spec.image == image
-            and status.state is not None
-            and status.state.running is not None
+            and name.startswith(CONTAINER_PREFIX)
+            and spec.get("image") == image
+            and field(status, "state", "running") is not None
         ):
-            return str(status.name)
+            return name
     return None
 
 
@@ -199,12 +194,13 @@ Progress = Callable[[str], None]
 
 def ensure_capture_container(
     kube: KubeClient,
-    pod: Any,
+    pod: JSON,
     target_container: str,
     opts: InjectOptions,
     progress: Progress,
 ) -> CaptureContainer:
-    namespace, pod_name = pod.metadata.namespace, pod.metadata.name
+    namespace = str(field(pod, "metadata", "namespace"))
+    pod_name = str(field(pod, "metadata", "name"))
     reusable = find_reusable(pod, opts.image)
     if reusable and not opts.privileged:
         progress(f"reusing capture container {reusable}")
@@ -253,11 +249,9 @@ def _patch_ephemeral(
         }
     }
     try:
-        kube.call(
+        kube.patch(
             "patch pods/ephemeralcontainers",
-            kube.core.patch_namespaced_pod_ephemeralcontainers,
-            pod_name,
-            namespace,
+            api_path("pods", pod_name, "ephemeralcontainers", namespace=namespace),
             body,
         )
     except ZsniffError as err:
@@ -283,19 +277,21 @@ FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 IMAGE_REASONS = FATAL_WAITING | {"ErrImagePull"}
 
 
-def container_state(pod: Any, name: str) -> tuple[str, str, str]:
+def container_state(pod: JSON, name: str) -> tuple[str, str, str]:
     """('running'|'waiting'|'terminated'|'unknown', reason, message) of an ephemeral container."""
-    for status in pod.status.ephemeral_container_statuses or []:
-        if status.name != name or status.state is None:
+    for status in field(pod, "status", "ephemeralContainerStatuses") or ():
+        state = status.get("state")
+        if status.get("name") != name or not state:
             continue
-        state = status.state
-        if state.running is not None:
+        if state.get("running") is not None:
             return "running", "", ""
-        if state.terminated is not None:
-            t = state.terminated
-            return "terminated", t.reason or f"exit code {t.exit_code}", t.message or ""
-        if state.waiting is not None:
-            return "waiting", state.waiting.reason or "", state.waiting.message or ""
+        if state.get("terminated") is not None:
+            t = state["terminated"]
+            reason = t.get("reason") or f"exit code {t.get('exitCode')}"
+            return "terminated", str(reason), str(t.get("message") or "")
+        if state.get("waiting") is not None:
+            w = state["waiting"]
+            return "waiting", str(w.get("reason") or ""), str(w.get("message") or "")
     return "unknown", "", ""
 
 
@@ -307,36 +303,26 @@ def wait_until_running(
     timeout: float,
     progress: Progress,
 ) -> None:
-    from kubernetes import watch
-
     deadline = time.monotonic() + timeout
     last_reason = ""
+    pods_path = api_path("pods", namespace=namespace)
+    selector = f"metadata.name={pod_name}"
     while True:
-        pods = kube.call(
-            "list pods",
-            kube.core.list_namespaced_pod,
-            namespace,
-            field_selector=f"metadata.name={pod_name}",
-        )
-        resource_version = pods.metadata.resource_version if pods.metadata else None
-        if not pods.items:
+        pods = kube.get("list pods", pods_path, fieldSelector=selector)
+        items = pods.get("items") or []
+        if not items:
             raise ZsniffError(
                 f'pod "{pod_name}" disappeared while the capture container was starting',
                 "",
                 ExitStatus.NOT_FOUND,
             )
-        events: list[Any] = [pods.items[0]]
+        events: list[JSON] = [items[0]]
         remaining = deadline - time.monotonic()
         stream = None
         if remaining > 0:
-            w = watch.Watch()
-            stream = w.stream(
-                kube.core.list_namespaced_pod,
-                namespace,
-                field_selector=f"metadata.name={pod_name}",
-                resource_version=resource_version,
-                timeout_seconds=max(1, int(remaining)),
-                _request_timeout=remaining + 5,
+            stream = kube.watch(
+                "watch pods", pods_path, max(1, int(remaining)), fieldSelector=selector,
+                resourceVersion=field(pods, "metadata", "resourceVersion"),
             )
         try:
             for pod in _chain(events, stream):
@@ -364,11 +350,8 @@ def wait_until_running(
                     break
         except ZsniffError:
             raise
-        except Exception as exc:
-            from kubernetes.client.exceptions import ApiException
-
-            if isinstance(exc, ApiException) and exc.status == 410:
-                continue  # resourceVersion too old: list again
+        except Exception:
+            # A watch that fails or expires (410 Gone) is followed by a new list.
             if time.monotonic() < deadline:
                 continue
         if time.monotonic() >= deadline:
@@ -383,19 +366,25 @@ def wait_until_running(
             )
 
 
-def _chain(first: list[Any], stream: Any) -> Any:
+def _chain(first: list[JSON], stream: Iterator[JSON] | None) -> Iterator[JSON]:
     yield from first
     if stream is None:
         return
     for event in stream:
-        obj = event.get("object") if isinstance(event, dict) else None
-        if obj is not None and event.get("type") in ("ADDED", "MODIFIED"):
+        obj = event.get("object")
+        if event.get("type") == "ERROR":  # the watch expired (410 Gone): list again
+            raise WatchExpired(str(field(obj, "message") or "watch ended"))
+        if isinstance(obj, dict) and event.get("type") in ("ADDED", "MODIFIED"):
             yield obj
+
+
+class WatchExpired(Exception):
+    """A watch answered with an ERROR event (typically 410 Gone): re-list, then watch."""
 
 
 @dataclass(frozen=True)
 class Target:
-    pod: Any  # the V1Pod as read
+    pod: JSON  # the pod as read
     info: PodInfo
     container: str  # whose namespaces the capture container shares
 
@@ -421,14 +410,10 @@ def resolve_targets(
             targets.append(Target(pod, info, check_capturable(info, container)))
     if selector:
         where = "all namespaces" if all_namespaces else f'namespace "{namespace}"'
-        if all_namespaces:
-            listed = kube.call("list pods", kube.core.list_pod_for_all_namespaces,
-                               label_selector=selector)
-        else:
-            listed = kube.call("list pods", kube.core.list_namespaced_pod, namespace,
-                               label_selector=selector)
+        path = api_path("pods", namespace=None if all_namespaces else namespace)
+        listed = kube.get("list pods", path, labelSelector=selector)
         skipped: list[str] = []
-        for pod in listed.items:
+        for pod in listed.get("items") or ():
             info = describe_pod(pod)
             if (info.namespace, info.name) in seen:
                 continue

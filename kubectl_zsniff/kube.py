@@ -1,7 +1,12 @@
 """Access to the Kubernetes API: kubeconfig, context and namespace, auth, and error translation.
 
 This is the one place that turns the official client's exceptions into the project's errors.
-The `kubernetes` package is slow to import (~0.5 s), so it is imported only when a client is built.
+The `kubernetes` package is slow to import (~0.35 s), so it is imported only when a client is built.
+
+REST calls go through the official client's ``ApiClient`` (kubeconfig, exec credential plugins,
+TLS, proxy) but answer plain JSON documents, not the generated models: the generated
+``CoreV1Api`` costs ~0.9 s to import, and building models is ~6x slower than ``json.loads``
+(measured: 2,000 pods, 1.05 s against 0.18 s). zsniff reads a handful of fields.
 """
 
 from __future__ import annotations
@@ -9,41 +14,149 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from .errors import ExitStatus, ZsniffError
 from .options import KubeOptions
 
-if TYPE_CHECKING:
-    from kubernetes.client import CoreV1Api
-
 T = TypeVar("T")
+JSON = dict[str, Any]
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
 
 
+def api_path(*segments: str, namespace: str | None = None) -> str:
+    """``/api/v1[/namespaces/NS]/SEGMENTS...``, each segment escaped."""
+    path = "/api/v1"
+    if namespace is not None:
+        path += "/namespaces/" + quote(namespace, safe="")
+    return path + "".join("/" + quote(s, safe="") for s in segments)
+
+
+def field(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` or None where anything on the way is missing."""
+    for key in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def pod_ips(pod: JSON) -> list[str]:
+    """The pod's addresses (dual-stack: both), from status.podIPs or the older podIP."""
+    status = pod.get("status") or {}
+    ips = [str(p["ip"]) for p in status.get("podIPs") or () if p.get("ip")]
+    return ips or ([str(status["podIP"])] if status.get("podIP") else [])
+
+
 @dataclass
 class KubeClient:
-    core: CoreV1Api
+    api: Any  # kubernetes.client.ApiClient: auth, TLS, HTTP of the official client
     configuration: Any
     namespace: str
     context_name: str
     request_timeout: float | None
 
-    def call(self, action: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call the API, retrying briefly on throttling and transient server errors."""
-        if self.request_timeout is not None:
-            kwargs.setdefault("_request_timeout", self.request_timeout)
-        return call_with_retries(action, lambda: func(*args, **kwargs))
+    def get(self, action: str, path: str, **query: Any) -> JSON:
+        """GET a JSON document, retrying briefly on throttling and transient server errors."""
+        return self.request(action, "GET", path, query)
+
+    def patch(self, action: str, path: str, body: JSON,
+              content_type: str = STRATEGIC_MERGE_PATCH) -> JSON:
+        return self.request(action, "PATCH", path, None, body, content_type)
+
+    def request(self, action: str, method: str, path: str, query: Mapping[str, Any] | None = None,
+                body: JSON | None = None, content_type: str | None = None) -> JSON:
+        def once() -> JSON:
+            resp = self._send(method, path, query, body, content_type, self.request_timeout)
+            try:
+                data = resp.data
+            finally:
+                resp.release_conn()
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise ValueError(f"the API server answered {type(doc).__name__}, not an object")
+            return doc
+
+        return call_with_retries(action, once)
+
+    def watch(self, action: str, path: str, timeout_seconds: int,
+              **query: Any) -> Iterator[JSON]:
+        """The events ({"type", "object"}) of one watch request, until the server ends it.
+
+        Opening the watch is retried like any call; a failure while reading raises the
+        client's own exception (callers re-list and watch again).
+        """
+        params = {**query, "watch": "true", "timeoutSeconds": timeout_seconds}
+        # A read timeout beyond the server's own end: a silently dead connection fails too.
+        read_timeout = float(timeout_seconds) + 15.0
+        resp = call_with_retries(
+            action, lambda: self._send("GET", path, params, None, None, read_timeout))
+        read_to_end = False
+        try:
+            pending = b""
+            for chunk in resp.stream(amt=None, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            yield event
+            read_to_end = True
+        finally:
+            if not read_to_end:
+                resp.close()  # a half-read connection must not go back to the pool
+            resp.release_conn()
+
+    def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: JSON | None,
+              content_type: str | None, timeout: float | None) -> Any:
+        """One HTTP request through the official client; its urllib3 response, not read."""
+        api = self.api
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
+        if hasattr(api, "param_serialize"):  # clients made by openapi-generator 7
+            method, url, headers, body, _ = api.param_serialize(
+                method=method, resource_path=path, query_params=params, header_params=headers,
+                body=body, auth_settings=["BearerToken"])
+            raw = api.call_api(method, url, header_params=headers, body=body,
+                               _request_timeout=timeout).response
+        else:  # the older generator (kubernetes < 3x): raises ApiException on errors itself
+            raw = api.call_api(
+                path, method, query_params=params, header_params=headers, body=body,
+                auth_settings=["BearerToken"], _preload_content=False,
+                _return_http_data_only=True, _request_timeout=timeout)
+        if not 200 <= raw.status <= 299:
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                text = raw.data.decode("utf-8", "replace")
+            finally:
+                raw.release_conn()
+            exc = ApiException(status=raw.status, reason=raw.reason)
+            exc.body = text
+            exc.headers = raw.headers
+            raise exc
+        return raw
 
     def endpoint(self) -> Any:
         from .execws import endpoint_from_configuration
 
         return endpoint_from_configuration(self.configuration)
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def call_with_retries(action: str, call: Callable[[], T], attempts: int = 5) -> T:
@@ -158,9 +271,8 @@ def load_client(opts: KubeOptions) -> KubeClient:
             ExitStatus.USAGE,
         ) from exc
 
-    api_client = client.ApiClient(configuration)
     return KubeClient(
-        core=client.CoreV1Api(api_client),
+        api=client.ApiClient(configuration),
         configuration=configuration,
         namespace=opts.namespace or namespace or "default",
         context_name=context_name,

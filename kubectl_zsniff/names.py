@@ -12,10 +12,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import ExitStatus, ZsniffError
-from .kube import KubeClient
+from .kube import JSON, KubeClient, api_path, field, pod_ips
 from .namemap import PodName, normalize_ip
 
 # Kinds whose pods carry a generated suffix worth stripping to name the workload.
@@ -29,11 +28,11 @@ class NameChange:
     since: float
 
 
-def pod_workload(pod: Any) -> str | None:
-    for owner in pod.metadata.owner_references or []:
-        kind, name = owner.kind, owner.name
+def pod_workload(pod: JSON) -> str | None:
+    for owner in field(pod, "metadata", "ownerReferences") or ():
+        kind, name = str(owner.get("kind")), str(owner.get("name"))
         if kind == "ReplicaSet":
-            template_hash = (pod.metadata.labels or {}).get(_REPLICASET_HASH_LABEL)
+            template_hash = (field(pod, "metadata", "labels") or {}).get(_REPLICASET_HASH_LABEL)
             if template_hash and name.endswith("-" + template_hash):
                 return "deployment/" + name[: -len(template_hash) - 1]
             return "replicaset/" + name
@@ -41,33 +40,33 @@ def pod_workload(pod: Any) -> str | None:
     return None
 
 
-def pod_names(pod: Any) -> list[tuple[str, PodName]]:
+def pod_names(pod: JSON) -> list[tuple[str, PodName]]:
     """(ip, name) for each address a live pod owns. Host-network pods own no address."""
-    status = pod.status
-    if status is None or (status.phase in ("Succeeded", "Failed")):
+    if not pod.get("status") or field(pod, "status", "phase") in ("Succeeded", "Failed"):
         return []
-    if pod.spec is not None and pod.spec.host_network:
+    if field(pod, "spec", "hostNetwork"):
         return []
-    ns, name = pod.metadata.namespace, pod.metadata.name
-    ips = [p.ip for p in (status.pod_ips or []) if p.ip] or (
-        [status.pod_ip] if status.pod_ip else []
-    )
+    ns, name = field(pod, "metadata", "namespace"), field(pod, "metadata", "name")
     owner = PodName(f"{ns}/{name}", ns, "pod", pod_workload(pod))
-    return [(ip, owner) for ip in ips]
+    return [(ip, owner) for ip in pod_ips(pod)]
 
 
-def service_names(svc: Any) -> list[tuple[str, PodName]]:
-    ns, name = svc.metadata.namespace, svc.metadata.name
-    spec = svc.spec
-    ips = list(spec.cluster_ips or []) or ([spec.cluster_ip] if spec.cluster_ip else [])
+def service_names(svc: JSON) -> list[tuple[str, PodName]]:
+    ns, name = field(svc, "metadata", "namespace"), field(svc, "metadata", "name")
+    spec = svc.get("spec") or {}
+    ips = list(spec.get("clusterIPs") or ()) or (
+        [spec["clusterIP"]] if spec.get("clusterIP") else [])
     owner = PodName(f"{ns}/svc/{name}", ns, "service", None)
-    return [(ip, owner) for ip in ips if ip and ip != "None"]
+    return [(str(ip), owner) for ip in ips if ip and ip != "None"]
 
 
-def node_names(node: Any) -> list[tuple[str, PodName]]:
-    owner = PodName(f"node/{node.metadata.name}", None, "node", None)
-    addresses = (node.status.addresses or []) if node.status else []
-    return [(a.address, owner) for a in addresses if a.type in ("InternalIP", "ExternalIP")]
+def node_names(node: JSON) -> list[tuple[str, PodName]]:
+    owner = PodName(f"node/{field(node, 'metadata', 'name')}", None, "node", None)
+    return [
+        (str(a.get("address")), owner)
+        for a in field(node, "status", "addresses") or ()
+        if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address")
+    ]
 
 
 class NameBook:
@@ -173,31 +172,9 @@ class NameBook:
     def load(self, kube: KubeClient, namespace: str) -> list[str]:
         """Fill the book from the cluster; returns what could not be read (RBAC)."""
         missing: list[str] = []
-        sources: list[
-            tuple[
-                str,
-                Callable[..., Any],
-                Callable[..., Any],
-                Callable[[Any], list[tuple[str, PodName]]],
-            ]
-        ] = [
-            (
-                "pods",
-                kube.core.list_pod_for_all_namespaces,
-                kube.core.list_namespaced_pod,
-                pod_names,
-            ),
-            (
-                "services",
-                kube.core.list_service_for_all_namespaces,
-                kube.core.list_namespaced_service,
-                service_names,
-            ),
-            ("nodes", kube.core.list_node, kube.core.list_node, node_names),
-        ]
-        for kind, list_all, list_ns, namer in sources:
+        for kind, namer in _NAMERS.items():
             try:
-                result = kube.call(f"list {kind}", list_all)
+                result = kube.get(f"list {kind}", api_path(kind))
                 cluster_wide = True
             except ZsniffError as err:
                 if err.status != ExitStatus.FORBIDDEN:
@@ -206,7 +183,7 @@ class NameBook:
                     missing.append(kind)
                     continue
                 try:
-                    result = kube.call(f"list {kind}", list_ns, namespace)
+                    result = kube.get(f"list {kind}", api_path(kind, namespace=namespace))
                     cluster_wide = False
                     missing.append(f"{kind} outside {namespace}")
                 except ZsniffError as err2:
@@ -214,67 +191,43 @@ class NameBook:
                         raise
                     missing.append(kind)
                     continue
-            for obj in result.items:
+            for obj in result.get("items") or ():
                 self.set_object(_key(kind, obj), namer(obj), at=0.0)
-            self._resource_versions[kind] = (result.metadata.resource_version, cluster_wide)
+            self._resource_versions[kind] = (_rv_of(result) or "", cluster_wide)
         self.drain_changes()  # the initial table is written whole, not as changes
         return missing
 
     def start_watching(self, kube: KubeClient, namespace: str) -> None:
         """Follow pods, services and nodes in background threads until `stop()`."""
-        namers = {"pods": pod_names, "services": service_names, "nodes": node_names}
         for kind, (rv, cluster_wide) in self._resource_versions.items():
             thread = threading.Thread(
                 target=self._watch_loop,
-                args=(kube, kind, namespace, cluster_wide, rv, namers[kind]),
+                args=(kube, kind, api_path(kind, namespace=None if cluster_wide else namespace),
+                      rv),
                 name=f"zsniff-watch-{kind}",
                 daemon=True,
             )
             thread.start()
             self._threads.append(thread)
 
-    def _watch_loop(
-        self,
-        kube: KubeClient,
-        kind: str,
-        namespace: str,
-        cluster_wide: bool,
-        resource_version: str,
-        namer: Callable[[Any], list[tuple[str, PodName]]],
-    ) -> None:
-        from kubernetes import watch
-
-        core = kube.core
-        func: Callable[..., Any]
-        args: tuple[str, ...]
-        if kind == "nodes":
-            func, args = core.list_node, ()
-        elif cluster_wide:
-            func = (
-                core.list_pod_for_all_namespaces
-                if kind == "pods"
-                else core.list_service_for_all_namespaces
-            )
-            args = ()
-        else:
-            func = core.list_namespaced_pod if kind == "pods" else core.list_namespaced_service
-            args = (namespace,)
+    def _watch_loop(self, kube: KubeClient, kind: str, path: str, resource_version: str) -> None:
+        namer = _NAMERS[kind]
         rv = resource_version
         while not self._stop.is_set():
-            w = watch.Watch()
             try:
-                for event in w.stream(
-                    func, *args, resource_version=rv, timeout_seconds=30, allow_watch_bookmarks=True
-                ):
+                for event in kube.watch(f"watch {kind}", path, 30, resourceVersion=rv,
+                                        allowWatchBookmarks=True):
                     if self._stop.is_set():
-                        w.stop()
                         return
-                    obj = event["object"]
-                    kind_of_event = event["type"]
-                    if kind_of_event == "BOOKMARK":
-                        rv = _rv_of(obj) or rv
+                    obj = event.get("object")
+                    kind_of_event = event.get("type")
+                    if not isinstance(obj, dict):
                         continue
-                    rv = obj.metadata.resource_version or rv
+                    if kind_of_event == "ERROR":  # 410 Gone: the version is too old
+                        raise _Expired(str(obj.get("message") or "watch expired"))
+                    rv = _rv_of(obj) or rv
+                    if kind_of_event == "BOOKMARK":
+                        continue
                     key = _key(kind, obj)
                     if kind_of_event == "DELETED":
                         self.set_object(key, [])
@@ -283,26 +236,37 @@ class NameBook:
             except Exception as exc:  # a lost watch must never stop the capture
                 if self._stop.is_set():
                     return
-                status = getattr(exc, "status", None)
+                expired = isinstance(exc, _Expired) or getattr(exc, "status", None) == 410
+                status = 410 if expired else getattr(exc, "status", None)
                 self.watch_errors.append(f"{kind}: {type(exc).__name__} {status or ''}".strip())
-                if status == 410:
+                if expired:
                     with contextlib.suppress(ZsniffError):
-                        rv = _rv_of(kube.call(f"list {kind}", func, *args)) or rv
+                        rv = _rv_of(kube.get(f"list {kind}", path)) or rv
                 self._stop.wait(1.0)
 
     def stop(self) -> None:
         self._stop.set()
 
 
-def _rv_of(obj: Any) -> str | None:
-    if isinstance(obj, dict):
-        return (obj.get("metadata") or {}).get("resourceVersion")
-    meta = getattr(obj, "metadata", None)
-    return getattr(meta, "resource_version", None)
+class _Expired(Exception):
+    """The watch's resourceVersion is too old: list again for a newer one."""
 
 
-def _key(kind: str, obj: Any) -> tuple[str, str, str]:
-    return (kind, obj.metadata.namespace or "", obj.metadata.name)
+_NAMERS: dict[str, Callable[[JSON], list[tuple[str, PodName]]]] = {
+    "pods": pod_names,
+    "services": service_names,
+    "nodes": node_names,
+}
+
+
+def _rv_of(obj: JSON) -> str | None:
+    rv = field(obj, "metadata", "resourceVersion")
+    return str(rv) if rv else None
+
+
+def _key(kind: str, obj: JSON) -> tuple[str, str, str]:
+    return (kind, str(field(obj, "metadata", "namespace") or ""),
+            str(field(obj, "metadata", "name") or ""))
 
 
 def _object_key(name: PodName) -> tuple[str, str, str]:
