@@ -92,7 +92,11 @@ def endpoint_from_configuration(cfg: Any) -> ApiEndpoint:
     headers: dict[str, str] = {}
     # kube_config sets api_key["BearerToken"] = "Bearer x"; in-cluster config sets
     # api_key["authorization"] with a prefix: the alias covers both.
-    token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    try:
+        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    except TypeError:  # kubernetes < 3x: no alias argument
+        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+            "authorization")
     if token:
         headers["Authorization"] = token
     elif getattr(cfg, "username", None) or getattr(cfg, "password", None):
