@@ -302,8 +302,10 @@ class Api:
                      request.headers.get("User-Agent", "")[:40], time.monotonic() - t0)
 
     async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        auth = request.headers.get("Authorization", "")
-        user = self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        # As the real authenticator (apiserver bearertoken.go): the scheme in any case, so the
+        # official client's in-cluster "bearer <token>" is accepted like kubectl's "Bearer".
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         request["user"] = user
