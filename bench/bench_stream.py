@@ -174,6 +174,18 @@ def client_main(args: argparse.Namespace) -> int:
 # ---- the other measurements ----------------------------------------------------------------
 
 
+def kubectl_fixed_cost(kubectl: str, kubeconfig: Path, env: dict[str, str],
+                       runs: int = 5) -> float:
+    """Median seconds of `kubectl exec POD -- true`: everything but the stream."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "exec", POD, "-c", CONTAINER,
+                        "--", "true"], env=env, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def help_time(env: dict[str, str], runs: int = 10) -> float:
     times = []
     for _ in range(runs):
@@ -311,6 +323,13 @@ def main() -> int:
         print(header)
         print("-" * len(header))
         base = statistics.median(m["seconds"] for m in runs["kubectl"])
+        # kubectl's own stream phase: its whole time less what an exec of `true` costs it
+        # (process start, kubeconfig, TLS and exec handshakes, exit). zsniff's stream phase
+        # still includes its handshakes: the comparison leans, if anything, kubectl's way.
+        fixed = kubectl_fixed_cost(args.kubectl, kubeconfig, env)
+        kubectl_stream = base - fixed
+        for m in runs["kubectl"]:
+            m["stream_seconds"] = m["seconds"] - fixed
         results = {}
         for name, ms in runs.items():
             secs = statistics.median(m["seconds"] for m in ms)
@@ -319,15 +338,18 @@ def main() -> int:
             rss = max(m["rss_mb"] for m in ms)
             server = statistics.median(m["server_cpu"] for m in ms)
             ratio = base / secs
-            results[name] = (ratio, base / stream, rss)
+            results[name] = (ratio, kubectl_stream / stream, rss)
             print(f"{name:14s} {size / 1e6 / secs:7.0f} [{size / 1e6 / stream:6.0f}] "
                   f"{packets / 1e3 / secs:8.0f} {cpu:6.2f} {rss:7.1f} {server:12.2f} "
                   f"{ratio:9.2f}x")
         print()
         for name, want in TARGETS.items():
             ratio, stream_ratio, rss = results[name]
-            print(f"target {name} >= {want:.1f}x kubectl: {'met' if ratio >= want else 'NOT met'}"
-                  f" ({ratio:.2f}x; stream phase alone {stream_ratio:.2f}x)")
+            print(f"target {name} >= {want:.1f}x kubectl, whole process: "
+                  f"{'met' if ratio >= want else 'NOT met'} ({ratio:.2f}x); stream phase against "
+                  f"kubectl's: {'met' if stream_ratio >= want else 'NOT met'} "
+                  f"({stream_ratio:.2f}x)")
+        print(f"(kubectl's fixed cost, `kubectl exec POD -- true`: {fixed:.2f} s, median of 5)")
         worst = max(r[2] for n, r in results.items() if n != "kubectl")
         print(f"target peak RSS < {RSS_TARGET_MB:.0f} MB: "
               f"{'met' if worst < RSS_TARGET_MB else 'NOT met'} ({worst:.1f} MB)")
