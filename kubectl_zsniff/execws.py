@@ -38,12 +38,14 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.websocket import OP_BINARY, CloseInfo, WebSocket
+
+T = TypeVar("T")
 
 PROTOCOL_V5 = "v5.channel.k8s.io"
 PROTOCOL_V4 = "v4.channel.k8s.io"
@@ -303,7 +305,7 @@ class ExecSession:
             )
         secure = self.url.startswith("wss://")
         try:
-            self._ws = await asyncio.to_thread(
+            self._ws = await _blocking(
                 websocket.connect,
                 self.url,
                 headers=endpoint.headers,
@@ -403,7 +405,7 @@ class ExecSession:
     async def send_stdin(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes to the command's stdin (the session must have been opened with stdin)."""
         ws = self._connected("send_stdin")
-        await asyncio.to_thread(ws.send, OP_BINARY, _STDIN_PREFIX + bytes(data))
+        await _blocking(ws.send, OP_BINARY, _STDIN_PREFIX + bytes(data))
 
     async def close_stdin(self) -> bool:
         """Signal EOF on stdin. Returns False on v4, which has no way to do it (only closing
@@ -411,7 +413,7 @@ class ExecSession:
         ws = self._connected("close_stdin")
         if self.protocol != PROTOCOL_V5:
             return False
-        await asyncio.to_thread(ws.send, OP_BINARY, _CLOSE_STDIN)
+        await _blocking(ws.send, OP_BINARY, _CLOSE_STDIN)
         return True
 
     async def close(self) -> None:
@@ -426,13 +428,13 @@ class ExecSession:
         self._closing = True
         done = self._reader_done
         if done is None:  # never read: nothing to wait for
-            await asyncio.to_thread(ws.request_close, 1000, self._close_timeout)
+            await _blocking(ws.request_close, 1000, self._close_timeout)
             ws.abort()
             ws.close()
             return
         if done.is_set():
             return
-        await asyncio.to_thread(ws.request_close, 1000, self._close_timeout)
+        await _blocking(ws.request_close, 1000, self._close_timeout)
         try:
             await asyncio.wait_for(done.wait(), self._close_timeout + 1.0)
         except (asyncio.TimeoutError, TimeoutError):
@@ -442,6 +444,45 @@ class ExecSession:
         if self._ws is None:
             raise RuntimeError(f"ExecSession.{what}() before connect()")
         return self._ws
+
+
+async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call in a daemon thread of its own.
+
+    Not ``asyncio.to_thread``: ``asyncio.run`` joins the default executor's threads on its way
+    out, so a Ctrl-C during a slow connect would wait for the connect's timeout. A websocket
+    that opens after its caller gave up is dropped at once.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.cancelled():
+            if isinstance(result, WebSocket):
+                result.abort()
+                result.close()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            if isinstance(result, WebSocket):
+                result.abort()
+                result.close()
+
+    threading.Thread(target=work, name=f"zsniff-{getattr(func, '__name__', 'call')}",
+                     daemon=True).start()
+    return await future
 
 
 class _ChannelReader:

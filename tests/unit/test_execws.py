@@ -580,6 +580,34 @@ def test_connection_refused_is_unreachable() -> None:
     assert_no_secret(exc)
 
 
+def test_silent_server_times_out_and_an_abandoned_connect_does_not_hold_the_exit() -> None:
+    """A server that accepts TCP and never answers: the open timeout is an UNREACHABLE error;
+    a connect given up by its caller (Ctrl-C) does not keep asyncio.run from returning."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # never accept()ed
+        port = listener.getsockname()[1]
+        ep = ApiEndpoint(f"http://127.0.0.1:{port}", AUTH)
+
+        async def times_out() -> ZsniffError:
+            with pytest.raises(ZsniffError) as info:
+                await ExecSession(ep, "ns", "p", "c", ["x"], open_timeout=0.5).connect()
+            return info.value
+
+        exc = run(times_out())
+        assert exc.status == ExitStatus.UNREACHABLE
+        assert "timed out" in exc.message
+
+        async def abandoned() -> None:
+            session = ExecSession(ep, "ns", "p", "c", ["x"], open_timeout=30)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(session.connect(), 0.3)
+
+        started = time.monotonic()
+        run(abandoned())
+        assert time.monotonic() - started < 5  # not the 30 s of the open timeout
+
+
 def test_dns_failure_is_unreachable() -> None:
     async def main() -> ZsniffError:
         ep = ApiEndpoint("https://no-such-host.invalid:6443", AUTH)
