@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from . import runtime
 
@@ -82,7 +83,7 @@ def make_pki(state: Path) -> Path:
     """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI, no extra deps)."""
     pki = state / "pki"
     pki.mkdir(exist_ok=True)
-    if (pki / "server.crt").exists():
+    if (pki / "admin.crt").exists():
         return pki
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", pki / "ca.key", "-out",
@@ -99,25 +100,49 @@ def make_pki(state: Path) -> Path:
     subprocess.run(["openssl", "x509", "-req", "-in", pki / "server.csr", "-CA", pki / "ca.crt",
                     "-CAkey", pki / "ca.key", "-CAcreateserial", "-out", pki / "server.crt",
                     "-days", "30", "-extfile", pki / "ext.cnf"], check=True, capture_output=True)
+    # A client certificate as kubeadm, kind and minikube hand out: the user is the CN, the
+    # groups the O (the server's x509 authenticator reads them as Kubernetes does).
+    subprocess.run(["openssl", "req", *ec, "-keyout", pki / "admin.key", "-out",
+                    pki / "admin.csr", "-subj", "/O=system:masters/CN=admin"], check=True,
+                   capture_output=True)
+    (pki / "client.cnf").write_text(
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+        "basicConstraints=CA:FALSE\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", pki / "admin.csr", "-CA", pki / "ca.crt",
+                    "-CAkey", pki / "ca.key", "-CAcreateserial", "-out", pki / "admin.crt",
+                    "-days", "30", "-extfile", pki / "client.cnf"], check=True,
+                   capture_output=True)
     return pki
 
 
 def write_kubeconfig(state: Path, port: int, scheme: str) -> Path:
     cluster: dict[str, str] = {"server": f"{scheme}://127.0.0.1:{port}"}
+    users: list[dict[str, Any]] = [
+        {"name": "admin", "user": {"token": secrets.token_hex(16)}},
+        {"name": "limited", "user": {"token": secrets.token_hex(16)}},
+    ]
+    contexts: list[dict[str, Any]] = [
+        {"name": "zsniff-test", "context": {"cluster": "zsniff-test", "user": "admin",
+                                            "namespace": "default"}},
+        {"name": "zsniff-limited", "context": {"cluster": "zsniff-test", "user": "limited",
+                                               "namespace": "default"}},
+    ]
     if scheme == "https":
-        ca = (make_pki(state) / "ca.crt").read_bytes()
-        cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
+        pki = make_pki(state)
+
+        def data(name: str) -> str:
+            return base64.b64encode((pki / name).read_bytes()).decode()
+
+        cluster["certificate-authority-data"] = data("ca.crt")
+        users.append({"name": "admin-cert", "user": {
+            "client-certificate-data": data("admin.crt"), "client-key-data": data("admin.key")}})
+        contexts.append({"name": "zsniff-cert", "context": {
+            "cluster": "zsniff-test", "user": "admin-cert", "namespace": "default"}})
     cfg = {
         "apiVersion": "v1", "kind": "Config", "preferences": {},
         "clusters": [{"name": "zsniff-test", "cluster": cluster}],
-        "users": [{"name": "admin", "user": {"token": secrets.token_hex(16)}},
-                  {"name": "limited", "user": {"token": secrets.token_hex(16)}}],
-        "contexts": [
-            {"name": "zsniff-test", "context": {"cluster": "zsniff-test", "user": "admin",
-                                                "namespace": "default"}},
-            {"name": "zsniff-limited", "context": {"cluster": "zsniff-test", "user": "limited",
-                                                   "namespace": "default"}},
-        ],
+        "users": users,
+        "contexts": contexts,
         "current-context": "zsniff-test",
     }
     path = state / "kubeconfig"

@@ -42,7 +42,8 @@ class ClusterHandle:
         self.kubeconfig = self.state_dir / "kubeconfig"
         cfg = json.loads(self.kubeconfig.read_text())
         self.base_url: str = cfg["clusters"][0]["cluster"]["server"]
-        self._tokens = {u["name"]: u["user"]["token"] for u in cfg["users"]}
+        self._tokens = {u["name"]: u["user"]["token"] for u in cfg["users"]
+                        if "token" in u["user"]}
         info = json.loads((self.state_dir / "server.json").read_text())
         self.prefix: str = info["prefix"]
         self.server_pid: int = info["pid"]

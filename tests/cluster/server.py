@@ -231,7 +231,7 @@ class Api:
 
     def _read_tokens(self) -> dict[str, str]:
         cfg = json.loads((self.state_dir / "kubeconfig").read_text())
-        return {u["user"]["token"]: u["name"] for u in cfg["users"]}
+        return {u["user"]["token"]: u["name"] for u in cfg["users"] if "token" in u["user"]}
 
     # ---- bootstrap ----------------------------------------------------------------------
 
@@ -302,10 +302,13 @@ class Api:
                      request.headers.get("User-Agent", "")[:40], time.monotonic() - t0)
 
     async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        # As the real authenticator (apiserver bearertoken.go): the scheme in any case, so the
+        # As the real authenticators: a client certificate the CA signed names its user (CN);
+        # else a bearer token, the scheme in any case (apiserver bearertoken.go), so the
         # official client's in-cluster "bearer <token>" is accepted like kubectl's "Bearer".
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        user = _certificate_user(request)
+        if user is None:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         request["user"] = user
@@ -1198,6 +1201,19 @@ def build_app(api: Api) -> web.Application:
     return app
 
 
+def _certificate_user(request: web.Request) -> str | None:
+    """The CN of a verified client certificate (the TLS layer checked it against the CA)."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 def serve(state_dir: Path, port: int, scheme: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     api = Api(state_dir, port)
@@ -1211,6 +1227,9 @@ def serve(state_dir: Path, port: int, scheme: str) -> None:
             sslctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             pki = state_dir / "pki"
             sslctx.load_cert_chain(pki / "server.crt", pki / "server.key")
+            # Client certificates are optional (token users send none) but verified if sent.
+            sslctx.verify_mode = ssl.CERT_OPTIONAL
+            sslctx.load_verify_locations(pki / "ca.crt")
         site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=sslctx)
         await site.start()
         stop = asyncio.Event()

@@ -199,3 +199,15 @@ def test_debug_forbidden_for_limited_user(cluster: ClusterHandle, kube_home: Pat
     # Everything else is allowed for that user.
     r = kubectl(cluster, kube_home, version, "--context", "zsniff-limited", "get", "pods")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_client_certificate_user(cluster: ClusterHandle, kube_home: Path, version: str,
+                                 target: str) -> None:
+    """kubeadm/kind/minikube style: the user is the certificate's CN, no token at all."""
+    r = kubectl(cluster, kube_home, version, "--context", "zsniff-cert", "get", "pod", target)
+    assert r.returncode == 0, r.stderr
+    assert target in r.stdout.decode()
+    r = kubectl(cluster, kube_home, version, "--context", "zsniff-cert", "exec", target, "--",
+                "sh", "-c", "echo certified")
+    assert (r.returncode, r.stdout) == (0, b"certified\n"), r.stderr

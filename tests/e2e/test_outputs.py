@@ -52,6 +52,24 @@ def pods(cluster: Any) -> Any:
     cluster.delete_pod("out-client")
 
 
+def test_client_certificate_auth_for_rest_and_the_exec_stream(
+    cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """kubeadm, kind and minikube kubeconfigs carry a client certificate and no token."""
+    config = json.loads(cluster.kubeconfig.read_text())
+    user = next(u for u in config["users"] if u["name"] == "admin-cert")["user"]
+    assert "token" not in user and "client-certificate-data" in user
+    out = tmp_path / "c.pcapng"
+    result = subprocess.run(
+        [*ZSNIFF, "out-web", "--context", "zsniff-cert", "-d", "2s", "-w", str(out),
+         "--image", "busybox"],
+        env=env_for(kube_home, cluster.kubeconfig), capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "listening on eth0" in result.stderr
+    assert "context zsniff-cert" in out.read_bytes().decode("latin-1")  # the section comment
+
+
 def test_exec_credential_plugin_token_reaches_the_exec_stream(
     cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
 ) -> None:
