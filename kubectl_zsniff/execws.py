@@ -31,7 +31,6 @@ Behaviour choices (callers rely on them):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import ssl
@@ -43,7 +42,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.websocket import OP_BINARY, CloseInfo, WebSocket
+from kubectl_zsniff.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
 T = TypeVar("T")
 
@@ -340,50 +339,18 @@ class ExecSession:
         ws = self._ws
         if ws is None:
             raise RuntimeError("ExecSession.run() before connect()")
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[Any] = loop.create_future()
         done = self._reader_done = asyncio.Event()
-        reader = _ChannelReader(ws, loop, on_stdout, on_stderr, self._status_grace)
-
-        def settle(result: Any, error: BaseException | None) -> None:
-            done.set()
-            if outcome.done():
-                return
-            if error is not None:
-                outcome.set_exception(error)
-            else:
-                outcome.set_result(result)
-
-        def read() -> None:
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = ws.read_messages(
-                    reader.on_data,
-                    ping_interval=self._ping_interval,
-                    ping_timeout=self._ping_timeout,
-                    close_timeout=self._close_timeout,
-                )
-            except BaseException as exc:
-                error = exc
-            finally:
-                ws.close()
-            # stderr posted before this runs first: call_soon_threadsafe keeps the order.
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(settle, result, error)
-
-        threading.Thread(target=read, name=f"zsniff-exec-{self.pod}", daemon=True).start()
+        reader = _ChannelReader(ws, asyncio.get_running_loop(), on_stdout, on_stderr,
+                                self._status_grace)
         try:
-            info = await asyncio.shield(outcome)
+            info = await _blocking(self._read_until_closed, ws, reader)
         except asyncio.CancelledError:
             ws.abort()
             raise
-        except Exception as exc:
-            from .websocket import ProtocolError
-
-            if not isinstance(exc, ProtocolError):
-                raise
+        except ProtocolError as exc:
             info = CloseInfo(None, f"protocol error: {exc}", by_client=False)
+        finally:
+            done.set()
         status = reader.status
         n_out, n_err = reader.bytes_stdout, reader.bytes_stderr
         if status is None and not (self._closing or info.by_client):
@@ -401,6 +368,17 @@ class ExecSession:
             complete=status is not None,
             closed_by_client=status is None,
         )
+
+    def _read_until_closed(self, ws: WebSocket, reader: _ChannelReader) -> CloseInfo:
+        try:
+            return ws.read_messages(
+                reader.on_data,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                close_timeout=self._close_timeout,
+            )
+        finally:
+            ws.close()
 
     async def send_stdin(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes to the command's stdin (the session must have been opened with stdin)."""

@@ -85,34 +85,34 @@ def make_pki(state: Path) -> Path:
     pki.mkdir(exist_ok=True)
     if (pki / "admin.crt").exists():
         return pki
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", pki / "ca.key", "-out",
+    subprocess.run(["openssl", "req", "-x509", *_NEW_EC_KEY, "-keyout", pki / "ca.key", "-out",
                     pki / "ca.crt", "-days", "30", "-subj", "/CN=zsniff-test-ca",
                     "-addext", "basicConstraints=critical,CA:TRUE",
                     "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
                    check=True, capture_output=True)
-    subprocess.run(["openssl", "req", *ec, "-keyout", pki / "server.key", "-out",
-                    pki / "server.csr", "-subj", "/CN=127.0.0.1"], check=True,
-                   capture_output=True)
-    (pki / "ext.cnf").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", pki / "server.csr", "-CA", pki / "ca.crt",
-                    "-CAkey", pki / "ca.key", "-CAcreateserial", "-out", pki / "server.crt",
-                    "-days", "30", "-extfile", pki / "ext.cnf"], check=True, capture_output=True)
+    _issue(pki, "server", "/CN=127.0.0.1",
+           "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+           "keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n")
     # A client certificate as kubeadm, kind and minikube hand out: the user is the CN, the
     # groups the O (the server's x509 authenticator reads them as Kubernetes does).
-    subprocess.run(["openssl", "req", *ec, "-keyout", pki / "admin.key", "-out",
-                    pki / "admin.csr", "-subj", "/O=system:masters/CN=admin"], check=True,
-                   capture_output=True)
-    (pki / "client.cnf").write_text(
-        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
-        "basicConstraints=CA:FALSE\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", pki / "admin.csr", "-CA", pki / "ca.crt",
-                    "-CAkey", pki / "ca.key", "-CAcreateserial", "-out", pki / "admin.crt",
-                    "-days", "30", "-extfile", pki / "client.cnf"], check=True,
-                   capture_output=True)
+    _issue(pki, "admin", "/O=system:masters/CN=admin",
+           "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+           "basicConstraints=CA:FALSE\n")
     return pki
+
+
+_NEW_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def _issue(pki: Path, name: str, subject: str, extensions: str) -> None:
+    """NAME.key and NAME.crt, signed by the CA in `pki`."""
+    (pki / f"{name}.cnf").write_text(extensions)
+    subprocess.run(["openssl", "req", *_NEW_EC_KEY, "-keyout", pki / f"{name}.key", "-out",
+                    pki / f"{name}.csr", "-subj", subject], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", pki / f"{name}.csr", "-CA", pki / "ca.crt",
+                    "-CAkey", pki / "ca.key", "-CAcreateserial", "-out", pki / f"{name}.crt",
+                    "-days", "30", "-extfile", pki / f"{name}.cnf"], check=True,
+                   capture_output=True)
 
 
 def write_kubeconfig(state: Path, port: int, scheme: str) -> Path:

@@ -561,6 +561,18 @@ def test_wrong_token_never_leaks(server: FakeApiServer) -> None:
     assert "other-secret-value" not in str(exc) + exc.hint + repr(exc)
 
 
+def connect_error(endpoint: ApiEndpoint, open_timeout: float = 10) -> ZsniffError:
+    """The error of an ExecSession that cannot connect."""
+
+    async def main() -> ZsniffError:
+        session = ExecSession(endpoint, "ns", "p", "c", ["x"], open_timeout=open_timeout)
+        with pytest.raises(ZsniffError) as info:
+            await session.connect()
+        return info.value
+
+    return run(main())
+
+
 def test_connection_refused_is_unreachable() -> None:
     import socket
 
@@ -568,13 +580,7 @@ def test_connection_refused_is_unreachable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again when the block ends: nobody listens
 
-    async def main() -> ZsniffError:
-        s = ExecSession(ApiEndpoint(f"http://127.0.0.1:{port}", AUTH), "ns", "p", "c", ["x"])
-        with pytest.raises(ZsniffError) as info:
-            await s.connect()
-        return info.value
-
-    exc = run(main())
+    exc = connect_error(ApiEndpoint(f"http://127.0.0.1:{port}", AUTH))
     assert exc.status == ExitStatus.UNREACHABLE
     assert f"127.0.0.1:{port}" in exc.message
     assert_no_secret(exc)
@@ -589,12 +595,7 @@ def test_silent_server_times_out_and_an_abandoned_connect_does_not_hold_the_exit
         port = listener.getsockname()[1]
         ep = ApiEndpoint(f"http://127.0.0.1:{port}", AUTH)
 
-        async def times_out() -> ZsniffError:
-            with pytest.raises(ZsniffError) as info:
-                await ExecSession(ep, "ns", "p", "c", ["x"], open_timeout=0.5).connect()
-            return info.value
-
-        exc = run(times_out())
+        exc = connect_error(ep, open_timeout=0.5)
         assert exc.status == ExitStatus.UNREACHABLE
         assert "timed out" in exc.message
 
@@ -609,13 +610,7 @@ def test_silent_server_times_out_and_an_abandoned_connect_does_not_hold_the_exit
 
 
 def test_dns_failure_is_unreachable() -> None:
-    async def main() -> ZsniffError:
-        ep = ApiEndpoint("https://no-such-host.invalid:6443", AUTH)
-        with pytest.raises(ZsniffError) as info:
-            await ExecSession(ep, "ns", "p", "c", ["x"], open_timeout=10).connect()
-        return info.value
-
-    exc = run(main())
+    exc = connect_error(ApiEndpoint("https://no-such-host.invalid:6443", AUTH))
     assert exc.status == ExitStatus.UNREACHABLE
     assert "no-such-host.invalid" in exc.message
 
