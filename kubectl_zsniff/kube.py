@@ -271,6 +271,16 @@ def load_client(opts: KubeOptions) -> KubeClient:
             ExitStatus.USAGE,
         ) from exc
 
+    proxy = getattr(configuration, "proxy", None)
+    if proxy and not str(proxy).startswith("http://"):
+        # The exec stream tunnels through http:// proxies only; refuse before any request
+        # rather than fail halfway (urllib3 would also want PySocks for socks5://).
+        raise ZsniffError(
+            f"the kubeconfig's proxy-url {str(proxy).split('://')[0]}:// is not supported "
+            "(only http:// proxies are)",
+            "use an http:// proxy in proxy-url, or reach the API server directly",
+            ExitStatus.USAGE,
+        )
     return KubeClient(
         api=client.ApiClient(configuration),
         configuration=configuration,
@@ -342,6 +352,12 @@ def api_error(exc: Any, action: str) -> ZsniffError:
 def connection_error(exc: BaseException) -> ZsniffError:
     """Translate a transport failure (refused, DNS, TLS, timeout) into a ZsniffError."""
     text = f"{exc!r} {exc} {getattr(exc, 'reason', '')}"
+    if "Unable to connect to proxy" in text:
+        return ZsniffError(
+            "cannot reach the proxy named by the kubeconfig's proxy-url",
+            "check proxy-url in the kubeconfig (kubectl config view --minify), and the proxy",
+            ExitStatus.UNREACHABLE,
+        )
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "SSLCertVerification" in text:
         return ZsniffError(
             "TLS verification of the API server failed",

@@ -64,6 +64,13 @@ class Ctx:
         return str(path)
 
 
+def _proxy(url: str) -> Callable[[dict[str, Any]], None]:
+    def change(cfg: dict[str, Any]) -> None:
+        cfg["clusters"][0]["cluster"]["proxy-url"] = url
+
+    return change
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,6 +196,13 @@ CASES = [
     Case("no-net-raw-on-cri-o", _crio, 11, ("not allowed to capture",)),
     Case("wireshark-missing", _no_wireshark, 15, ("Wireshark",), output=False),
     Case("zeek-missing", _no_zeek, 15, ("Zeek",), output=False),
+    Case("proxy-unsupported",
+         lambda c: [c.pod(), "--kubeconfig", c.kubeconfig(_proxy("socks5://127.0.0.1:1080"))],
+         2, ("proxy-url", "socks5")),
+    Case("proxy-unreachable",
+         lambda c: [c.pod(), "--kubeconfig",
+                    c.kubeconfig(_proxy(f"http://127.0.0.1:{_closed_port()}"))], 12,
+         ("proxy",)),
     Case("kubeconfig-missing", lambda c: ["web", "--kubeconfig", str(c.tmp / "nope")], 2,
          ("kubeconfig",)),
     Case("context-unknown", lambda c: ["web", "--context", "nope"], 2, ("context", "nope")),

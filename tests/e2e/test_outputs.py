@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.connect_proxy import ConnectProxy
 from tests.shared_data import ZEEK_DATA
 
 EXE = shutil.which("kubectl-zsniff")
@@ -68,6 +69,31 @@ def test_client_certificate_auth_for_rest_and_the_exec_stream(
     assert result.returncode == 0, result.stderr
     assert "listening on eth0" in result.stderr
     assert "context zsniff-cert" in out.read_bytes().decode("latin-1")  # the section comment
+
+
+def test_capture_through_the_kubeconfig_proxy(
+    cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """proxy-url: the REST calls (the official client) and the exec stream (ours) both
+    tunnel through the proxy, and the capture is the same as without it."""
+    config = json.loads(cluster.kubeconfig.read_text())
+    server = config["clusters"][0]["cluster"]["server"]
+    with ConnectProxy() as proxy:
+        config["clusters"][0]["cluster"]["proxy-url"] = proxy.url
+        kubeconfig = tmp_path / "proxied.kubeconfig"
+        kubeconfig.write_text(json.dumps(config))
+        out = tmp_path / "p.pcapng"
+        result = subprocess.run(
+            [*ZSNIFF, "out-web", "-d", "2s", "-w", str(out), "--image", "busybox"],
+            env=env_for(kube_home, kubeconfig), capture_output=True, text=True, timeout=90,
+        )
+        tunnels = list(proxy.requests)
+    assert result.returncode == 0, result.stderr
+    assert "tcpdump stopped in the pod (verified)" in result.stderr
+    target = server.split("://", 1)[1]
+    assert tunnels and all(t.startswith(f"CONNECT {target} HTTP/1.") for t in tunnels), tunnels
+    # The exec streams' tunnels are zsniff's own (HTTP/1.1); urllib3 (REST) sends HTTP/1.0.
+    assert sum(t.endswith("HTTP/1.1") for t in tunnels) >= 2  # capture + tcpdump check
 
 
 def test_exec_credential_plugin_token_reaches_the_exec_stream(
