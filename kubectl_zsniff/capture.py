@@ -295,10 +295,14 @@ class PodStream:
                 await self._stop_remote(run_task, result.notes)
             else:
                 result.finished_by_itself = True
-            try:
-                exec_result = run_task.result()
-            except StreamLostError:
-                result.lost = True
+            if run_task.done():
+                try:
+                    exec_result = run_task.result()
+                except StreamLostError:
+                    result.lost = True
+            else:  # the reader thread is still stuck: the stream is abandoned, not awaited
+                run_task.cancel()
+                result.notes.append("the stream did not end after the stop; it was dropped")
         finally:
             stop_task.cancel()
             await self.session.close()
@@ -331,6 +335,7 @@ class PodStream:
 
     async def _stop_remote(self, run_task: asyncio.Task[Any], notes: list[str]) -> None:
         """Ask tcpdump to stop and keep reading until it has flushed everything."""
+        self.lane.pipeline.outputs_stopping()
         try:
             closed = await self.session.close_stdin()
         except Exception:

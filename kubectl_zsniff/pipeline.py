@@ -28,7 +28,7 @@ from .pcapng import (
     name_resolution_block,
     section_header_block,
 )
-from .sinks import ReaderClosed, Sink
+from .sinks import ReaderClosed, ReaderStalled, Sink
 
 PCAP_HEADER_LENGTH = 24
 
@@ -399,7 +399,9 @@ class OutputPipeline:
                 continue
             try:
                 sink.write(data)
-            except ReaderClosed:
+            except ReaderClosed as gone:
+                if isinstance(gone, ReaderStalled):
+                    self.notes.append(gone.message)
                 self.sinks.remove(sink)
                 self.closed_sinks.append(sink.label)
                 if not self.sinks:
@@ -432,6 +434,16 @@ class OutputPipeline:
                 self.closed_sinks.append(sink.label)
                 if not self.sinks:
                     self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
+
+    def outputs_stopping(self) -> None:
+        """The capture is stopping: a sink whose reader takes nothing more may now give up.
+
+        Without the lock: a lane may hold it, blocked on that very reader.
+        """
+        for sink in list(self.sinks):
+            stopping = getattr(sink, "stopping", None)
+            if stopping is not None:
+                stopping()
 
     def close(self) -> list[tuple[str, Any]]:
         with self.lock:

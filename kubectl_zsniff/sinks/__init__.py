@@ -6,13 +6,25 @@ capture then stops cleanly. Other failures are ``ZsniffError``s.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import threading
+import time
 from typing import Any, Protocol
 
 from ..errors import ExitStatus, ZsniffError
 
+#: Once the capture is stopping, a reader that takes nothing for this long is given up.
+STALLED_READER_SECONDS = 5.0
+
 
 class ReaderClosed(ZsniffError):
     status = ExitStatus.READER_CLOSED
+
+
+class ReaderStalled(ReaderClosed):
+    """The reader is there but took nothing for too long while the capture was stopping."""
 
 
 class Sink(Protocol):
@@ -24,3 +36,52 @@ class Sink(Protocol):
     def write(self, data: bytes | memoryview) -> None: ...
 
     def close(self) -> Any: ...
+
+
+class PipeWriter:
+    """Whole writes to a pipe whose reader may stop reading (a paused pager, a hung tool).
+
+    Non-blocking underneath: while capturing, a full pipe just waits (back-pressure, nothing
+    lost); once ``stopping()`` was called, a reader that takes nothing for
+    ``STALLED_READER_SECONDS`` raises ``ReaderClosed`` instead of holding the capture, and the
+    remote tcpdump, forever. ``BrokenPipeError`` passes through for the caller to name.
+    """
+
+    def __init__(self, fd: int, reader: str) -> None:
+        self.fd = fd
+        self.reader = reader
+        self._stopping = threading.Event()
+        self._was_blocking: bool | None = None
+        with contextlib.suppress(OSError, AttributeError):  # a platform without it: blocking
+            self._was_blocking = os.get_blocking(fd)
+            os.set_blocking(fd, False)
+
+    def stopping(self) -> None:
+        self._stopping.set()
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        stalled_since: float | None = None
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                written = 0
+            if written:
+                view = view[written:]
+                stalled_since = None
+                continue
+            if self._stopping.is_set():
+                now = time.monotonic()
+                stalled_since = stalled_since or now
+                if now - stalled_since >= STALLED_READER_SECONDS:
+                    raise ReaderStalled(
+                        f"{self.reader} stopped reading: the end of the capture was not "
+                        "delivered to it")
+            select.select([], [self.fd], [], 0.25)
+
+    def restore(self) -> None:
+        """Give the descriptor back in the mode it came in (stdout is shared)."""
+        if self._was_blocking is not None:
+            with contextlib.suppress(OSError):
+                os.set_blocking(self.fd, self._was_blocking)

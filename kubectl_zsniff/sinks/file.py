@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ExitStatus, ZsniffError
-from . import ReaderClosed
+from . import PipeWriter, ReaderClosed
 
 OWNER_ONLY = 0o600
 
@@ -99,15 +99,20 @@ class StdoutSink:
                 "redirect it (-w - > file.pcapng), pipe it (| tshark -r -), or use --view",
                 ExitStatus.OUTPUT_ERROR,
             )
+        out.flush()  # from here on, whole blocks go straight to the descriptor
         self._out: BinaryIO | None = out
+        self._pipe = PipeWriter(out.fileno(), "the program reading standard output")
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
         if self._out is None:
             return
         try:
-            self._out.write(data)
-            self._out.flush()
+            self._pipe.write(data)
+        except ReaderClosed:
+            self._out = None
+            self._pipe.restore()
+            raise
         except (BrokenPipeError, ConnectionResetError) as exc:
             self._out = None
             _silence_stdout()
@@ -117,6 +122,9 @@ class StdoutSink:
                 f"writing to standard output failed: {exc.strerror}", "", ExitStatus.OUTPUT_ERROR
             ) from exc
         self.bytes_written += len(data)
+
+    def stopping(self) -> None:
+        self._pipe.stopping()
 
     def reader_gone(self) -> bool:
         """The pipe's reader closed its end (poll reports an error on our end)."""
@@ -132,10 +140,7 @@ class StdoutSink:
 
     def close(self) -> int:
         if self._out is not None:
-            try:
-                self._out.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                _silence_stdout()
+            self._pipe.restore()
             self._out = None
         return self.bytes_written
 

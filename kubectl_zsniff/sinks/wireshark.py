@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ExitStatus, ZsniffError
-from . import ReaderClosed
+from . import PipeWriter, ReaderClosed
 
 # Where installers put Wireshark when it is not on PATH (a frequent complaint about peers).
 WELL_KNOWN_PATHS = {
@@ -91,19 +91,27 @@ class WiresharkSink:
             raise ZsniffError(
                 f"cannot start Wireshark: {exc.strerror}", "", ExitStatus.TOOL_MISSING
             ) from exc
+        assert self._proc is not None and self._proc.stdin is not None
+        self._pipe: PipeWriter | None = PipeWriter(self._proc.stdin.fileno(), "Wireshark")
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None:
+        if proc is None or self._pipe is None:
             return
         try:
-            proc.stdin.write(data)
-            proc.stdin.flush()
-        except (BrokenPipeError, ConnectionResetError, ValueError) as exc:
+            self._pipe.write(data)
+        except ReaderClosed:
+            self._proc = None
+            raise
+        except (BrokenPipeError, ConnectionResetError, ValueError, OSError) as exc:
             self._proc = None
             raise ReaderClosed("Wireshark was closed") from exc
         self.bytes_written += len(data)
+
+    def stopping(self) -> None:
+        if self._pipe is not None:
+            self._pipe.stopping()
 
     def reader_gone(self) -> bool:
         """Wireshark's window was closed (its process ended)."""

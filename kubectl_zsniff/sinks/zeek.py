@@ -14,6 +14,7 @@ from typing import IO
 from ..errors import ExitStatus, ZsniffError
 from ..namemap import NameSource
 from ..zeeklog import FileSummary, enrich_directory
+from . import PipeWriter
 
 # Where Zeek's own packages and source builds install it; neither is on PATH by default.
 ZEEK_DIRS: tuple[str, ...] = ("/usr/local/zeek/bin", "/opt/zeek/bin")
@@ -111,6 +112,7 @@ class ZeekSink:
         self.bytes_written = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stdin: IO[bytes] | None = None
+        self._pipe: PipeWriter | None = None
         self._summary: ZeekSummary | None = None
 
     @property
@@ -146,22 +148,24 @@ class ZeekSink:
                 else ExitStatus.OUTPUT_ERROR,
             ) from exc
         self._stdin = self._proc.stdin
+        assert self._stdin is not None
+        self._pipe = PipeWriter(self._stdin.fileno(), "Zeek")
 
     def write(self, data: bytes | memoryview) -> None:
         if self._summary is not None:
             raise ZsniffError("the Zeek sink is already closed", status=ExitStatus.ERROR)
         self.start()
-        stdin = self._stdin
-        assert stdin is not None
-        view = memoryview(data)
+        pipe = self._pipe
+        assert pipe is not None
         try:
-            while view:
-                # Unbuffered pipe: a write may be partial; Zeek must get every byte in order.
-                n = stdin.write(view)
-                view = view[n or 0 :]
+            pipe.write(data)  # every byte, in order (a pipe write may be partial)
         except (BrokenPipeError, ConnectionResetError, ValueError) as exc:
             raise self._died_error() from exc
         self.bytes_written += len(data)
+
+    def stopping(self) -> None:
+        if self._pipe is not None:
+            self._pipe.stopping()
 
     def _died_error(self) -> ZsniffError:
         proc = self._proc

@@ -3,6 +3,7 @@ valid file with the packets so far, the summary, and no tcpdump left running in 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -81,6 +82,37 @@ def test_closed_reader_ends_the_capture_promptly(
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert "stopped: the reader went away" in stderr, stderr
     assert elapsed < 10, f"zsniff took {elapsed:.1f} s to notice the reader was gone"
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
+
+
+def test_stuck_reader_does_not_hold_the_stop(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """`kubectl zsniff POD -w - | <a reader that stopped reading>`: the pipe fills, zsniff
+    waits on it (nothing lost); on Ctrl-C it gives the reader 5 s, then stops anyway: exit 17,
+    a note that the end was not delivered, tcpdump stopped."""
+    read_end, write_end = os.pipe()  # nobody reads read_end
+    traffic = pair.traffic(udp=20, size=1400, seconds=60, pause=0.01)
+    try:
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", "-"], stdout=write_end)
+        os.close(write_end)
+        try:
+            wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)
+            time.sleep(2.0)  # ~10 MB of traffic: the 64 KiB pipe is full long before
+            interrupted = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            elapsed = time.monotonic() - interrupted
+        finally:
+            stop_process(proc)
+    finally:
+        stop_process(traffic)
+        os.close(read_end)
+    stderr = err.decode()
+    assert proc.returncode == 17, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "stopped reading: the end of the capture was not delivered" in stderr, stderr
+    assert "tcpdump stopped in the pod (verified)" in stderr, stderr
+    assert elapsed < 20, f"the stop took {elapsed:.1f} s"
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
 
 

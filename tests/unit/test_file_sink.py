@@ -1,14 +1,19 @@
-"""Capture files: exact bytes in order, owner-only, errors surfaced, nothing held back."""
+"""Capture files and pipes: exact bytes in order, owner-only, errors surfaced, nothing held
+back, and a reader that stopped reading never holds a stopping capture."""
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from kubectl_zsniff import sinks
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.sinks import PipeWriter, ReaderStalled
 from kubectl_zsniff.sinks.file import FileSink
 
 
@@ -62,3 +67,53 @@ def test_full_disk_is_a_clear_output_error() -> None:
     assert caught.value.status == ExitStatus.OUTPUT_ERROR
     assert "No space left on device" in caught.value.message
     assert "free some space" in caught.value.hint
+
+
+def test_pipe_writer_waits_for_a_slow_reader_and_delivers_everything() -> None:
+    read_end, write_end = os.pipe()
+    writer = PipeWriter(write_end, "test reader")
+    payload = os.urandom(3_000_000)  # ~45 times a pipe's capacity
+    received = bytearray()
+
+    def slow_reader() -> None:
+        while chunk := os.read(read_end, 65536):
+            received.extend(chunk)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=slow_reader)
+    thread.start()
+    writer.write(payload)
+    writer.restore()
+    os.close(write_end)
+    thread.join(30)
+    os.close(read_end)
+    assert bytes(received) == payload
+
+
+def test_pipe_writer_gives_up_on_a_stuck_reader_only_once_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sinks, "STALLED_READER_SECONDS", 0.3)
+    read_end, write_end = os.pipe()  # never read
+    writer = PipeWriter(write_end, "the stuck reader")
+    assert not os.get_blocking(write_end)
+    done: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            writer.write(b"x" * 1_000_000)
+        except BaseException as exc:
+            done.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive() and not done  # capturing: a full pipe is waited for
+    writer.stopping()
+    thread.join(5)
+    assert len(done) == 1 and isinstance(done[0], ReaderStalled)
+    assert "the stuck reader stopped reading" in str(done[0])
+    writer.restore()
+    assert os.get_blocking(write_end)  # handed back as it came
+    os.close(read_end)
+    os.close(write_end)
