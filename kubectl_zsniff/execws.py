@@ -82,6 +82,19 @@ class ApiEndpoint:
         return f"{host}:{parts.port or default}"
 
 
+def unsupported_proxy(proxy: str | None) -> ZsniffError | None:
+    """The error for a proxy-url the exec stream cannot tunnel through (only http:// works);
+    checked when the configuration is loaded, before any request, and again at connect."""
+    if not proxy or proxy.startswith("http://"):
+        return None
+    return ZsniffError(
+        f"the kubeconfig's proxy-url {urlsplit(proxy).scheme}:// is not supported "
+        "(only http:// proxies are)",
+        "use an http:// proxy in proxy-url, or reach the API server directly",
+        status=ExitStatus.USAGE,
+    )
+
+
 def endpoint_from_configuration(cfg: Any) -> ApiEndpoint:
     """Build an ``ApiEndpoint`` from an official ``kubernetes.client.Configuration``.
 
@@ -294,14 +307,9 @@ class ExecSession:
         from . import websocket
 
         endpoint = self.endpoint
-        proxy = endpoint.proxy
-        if proxy and not proxy.startswith("http://"):
-            raise ZsniffError(
-                f"the kubeconfig proxy-url {urlsplit(proxy).scheme}:// is not supported for "
-                "the capture stream (only http:// proxies are)",
-                "use an http:// proxy in proxy-url, or reach the API server directly",
-                status=ExitStatus.USAGE,
-            )
+        refused = unsupported_proxy(endpoint.proxy)
+        if refused is not None:
+            raise refused
         secure = self.url.startswith("wss://")
         try:
             self._ws = await _blocking(
@@ -312,7 +320,7 @@ class ExecSession:
                 ssl_context=(endpoint.ssl_context or ssl.create_default_context())
                 if secure else None,
                 server_hostname=endpoint.server_hostname,
-                proxy=proxy,
+                proxy=endpoint.proxy,
                 timeout=self._open_timeout,
                 user_agent=f"kubectl-zsniff/{__version__}",
             )
@@ -537,7 +545,7 @@ _NOT_RUNNING_WORDS = (
 
 def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | None:
     """Map a failed websocket handshake to the project's error family (None: not ours)."""
-    from .websocket import HandshakeFailed, HandshakeRejected
+    from .websocket import HandshakeFailed, HandshakeRejected, ProxyFailed
 
     host = session.endpoint.host
     ns = session.namespace
@@ -631,10 +639,9 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
             status=ExitStatus.UNREACHABLE,
         )
     if isinstance(exc, HandshakeFailed):
-        via_proxy = str(exc).startswith(("the proxy", "unsupported proxy"))
         return ZsniffError(
             f"the API server {host} did not complete the websocket handshake: {exc}",
-            "check proxy-url in your kubeconfig" if via_proxy else
+            "check proxy-url in your kubeconfig" if isinstance(exc, ProxyFailed) else
             "is the kubeconfig server URL the API server itself, with the right scheme?",
             status=ExitStatus.UNREACHABLE,
         )

@@ -271,16 +271,12 @@ def load_client(opts: KubeOptions) -> KubeClient:
             ExitStatus.USAGE,
         ) from exc
 
-    proxy = getattr(configuration, "proxy", None)
-    if proxy and not str(proxy).startswith("http://"):
-        # The exec stream tunnels through http:// proxies only; refuse before any request
-        # rather than fail halfway (urllib3 would also want PySocks for socks5://).
-        raise ZsniffError(
-            f"the kubeconfig's proxy-url {str(proxy).split('://')[0]}:// is not supported "
-            "(only http:// proxies are)",
-            "use an http:// proxy in proxy-url, or reach the API server directly",
-            ExitStatus.USAGE,
-        )
+    from .execws import unsupported_proxy
+
+    # Before any request, rather than fail halfway (urllib3 would want PySocks for socks5://).
+    refused = unsupported_proxy(getattr(configuration, "proxy", None) or None)
+    if refused is not None:
+        raise refused
     return KubeClient(
         api=client.ApiClient(configuration),
         configuration=configuration,

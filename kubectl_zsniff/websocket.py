@@ -64,6 +64,10 @@ class HandshakeFailed(Exception):
     """The answer was not a valid websocket upgrade (or the connection ended during it)."""
 
 
+class ProxyFailed(HandshakeFailed):
+    """The proxy in the way could not be used, or refused the tunnel."""
+
+
 class ProtocolError(Exception):
     """The server broke the websocket protocol after the handshake."""
 
@@ -550,7 +554,7 @@ def _tunnel(proxy: str, host: str, port: int, deadline: float) -> socket.socket:
     """A TCP connection to host:port through an HTTP proxy (CONNECT)."""
     parts = urlsplit(proxy)
     if parts.scheme != "http" or not parts.hostname:
-        raise HandshakeFailed(f"unsupported proxy-url scheme {parts.scheme!r} (only http://)")
+        raise ProxyFailed(f"unsupported proxy-url scheme {parts.scheme!r} (only http://)")
     sock = socket.create_connection((parts.hostname, parts.port or 80),
                                     timeout=max(deadline - time.monotonic(), 0.01))
     try:
@@ -565,9 +569,9 @@ def _tunnel(proxy: str, host: str, port: int, deadline: float) -> socket.socket:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         status, reason, _, rest = _read_head(sock, deadline)
         if status != 200:
-            raise HandshakeFailed(f"the proxy refused the tunnel: HTTP {status} {reason}".strip())
+            raise ProxyFailed(f"the proxy refused the tunnel: HTTP {status} {reason}".strip())
         if rest:
-            raise HandshakeFailed("the proxy sent data before the tunnel was used")
+            raise ProxyFailed("the proxy sent data before the tunnel was used")
     except BaseException:
         sock.close()
         raise
