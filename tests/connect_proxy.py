@@ -16,6 +16,7 @@ class ConnectProxy:
         self.port = int(self._listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[str] = []  # the request lines, e.g. "CONNECT 127.0.0.1:6443 HTTP/1.1"
+        self.headers: list[dict[str, str]] = []  # each request's headers, names in lower case
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True, name="connect-proxy").start()
 
@@ -44,9 +45,15 @@ class ConnectProxy:
                 if not chunk:
                     return
                 head += chunk
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            request_line, *header_lines = head.split(b"\r\n\r\n", 1)[0].decode(
+                "latin-1").split("\r\n")
+            headers = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
             with self._lock:
                 self.requests.append(request_line)
+                self.headers.append(headers)
             method, target, _ = request_line.split(" ", 2)
             if method != "CONNECT":
                 client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")

@@ -44,6 +44,15 @@ def wait_for_listening(stream: Any) -> None:
             return
 
 
+def capture_briefly(home: Path, kubeconfig: Path, out: Path,
+                    *flags: str) -> subprocess.CompletedProcess[str]:
+    """Two seconds of out-web's traffic into `out`, as the kubeconfig's user."""
+    return subprocess.run(
+        [*ZSNIFF, "out-web", *flags, "-d", "2s", "-w", str(out), "--image", "busybox"],
+        env=env_for(home, kubeconfig), capture_output=True, text=True, timeout=90,
+    )
+
+
 @pytest.fixture(scope="module")
 def pods(cluster: Any) -> Any:
     cluster.create_pod("out-web", command=["sleep", "3600"])
@@ -61,11 +70,7 @@ def test_client_certificate_auth_for_rest_and_the_exec_stream(
     user = next(u for u in config["users"] if u["name"] == "admin-cert")["user"]
     assert "token" not in user and "client-certificate-data" in user
     out = tmp_path / "c.pcapng"
-    result = subprocess.run(
-        [*ZSNIFF, "out-web", "--context", "zsniff-cert", "-d", "2s", "-w", str(out),
-         "--image", "busybox"],
-        env=env_for(kube_home, cluster.kubeconfig), capture_output=True, text=True, timeout=90,
-    )
+    result = capture_briefly(kube_home, cluster.kubeconfig, out, "--context", "zsniff-cert")
     assert result.returncode == 0, result.stderr
     assert "listening on eth0" in result.stderr
     assert "context zsniff-cert" in out.read_bytes().decode("latin-1")  # the section comment
@@ -82,11 +87,7 @@ def test_capture_through_the_kubeconfig_proxy(
         config["clusters"][0]["cluster"]["proxy-url"] = proxy.url
         kubeconfig = tmp_path / "proxied.kubeconfig"
         kubeconfig.write_text(json.dumps(config))
-        out = tmp_path / "p.pcapng"
-        result = subprocess.run(
-            [*ZSNIFF, "out-web", "-d", "2s", "-w", str(out), "--image", "busybox"],
-            env=env_for(kube_home, kubeconfig), capture_output=True, text=True, timeout=90,
-        )
+        result = capture_briefly(kube_home, kubeconfig, tmp_path / "p.pcapng")
         tunnels = list(proxy.requests)
     assert result.returncode == 0, result.stderr
     assert "tcpdump stopped in the pod (verified)" in result.stderr
@@ -115,10 +116,7 @@ def test_exec_credential_plugin_token_reaches_the_exec_stream(
     kubeconfig = tmp_path / "plugin.kubeconfig"
     kubeconfig.write_text(json.dumps(config))
     out = tmp_path / "p.pcapng"
-    result = subprocess.run(
-        [*ZSNIFF, "out-web", "-d", "2s", "-w", str(out), "--image", "busybox"],
-        env=env_for(kube_home, kubeconfig), capture_output=True, text=True, timeout=90,
-    )
+    result = capture_briefly(kube_home, kubeconfig, out)
     assert result.returncode == 0, result.stderr
     assert "listening on eth0" in result.stderr
     assert token not in result.stderr + result.stdout

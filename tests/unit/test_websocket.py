@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import pytest
 
@@ -23,6 +23,7 @@ from kubectl_zsniff.websocket import (
     WebSocket,
     connect,
 )
+from tests.connect_proxy import ConnectProxy
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -344,23 +345,15 @@ def test_http_proxy_tunnel_with_credentials() -> None:
         conn.sendall(upgrade_answer(request) + frame(OP_BINARY, b"\x01through")
                      + frame(0x8, struct.pack("!H", 1000)))
 
-    with raw_server(api) as api_port:
-        def proxy(conn: socket.socket) -> None:
-            request = read_request(conn)
-            seen["connect"] = request["request-line"]
-            seen["auth"] = request.get("proxy-authorization", "")
-            upstream = socket.create_connection(("127.0.0.1", api_port))
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            relay(conn, upstream)
-
-        with raw_server(proxy) as proxy_port:
-            ws = open_ws(api_port, proxy=f"http://me:s%3Acret@127.0.0.1:{proxy_port}")
-            got = Collector()
-            ws.read_messages(got)
-            ws.close()
+    with raw_server(api) as api_port, ConnectProxy() as proxy:
+        ws = open_ws(api_port, proxy=f"http://me:s%3Acret@127.0.0.1:{proxy.port}")
+        got = Collector()
+        ws.read_messages(got)
+        ws.close()
     assert got.messages == [b"\x01through"]
-    assert seen["connect"] == f"CONNECT 127.0.0.1:{api_port} HTTP/1.1"
-    assert seen["auth"] == "Basic " + base64.b64encode(b"me:s:cret").decode()
+    assert proxy.requests == [f"CONNECT 127.0.0.1:{api_port} HTTP/1.1"]
+    assert proxy.headers[0]["proxy-authorization"] == (
+        "Basic " + base64.b64encode(b"me:s:cret").decode())
     assert seen["path"].startswith("GET /api/v1/x?command=a ")
 
 
@@ -371,21 +364,3 @@ def test_proxy_refusing_the_tunnel_fails_clearly() -> None:
 
     with raw_server(proxy) as port, pytest.raises(HandshakeFailed, match="407"):
         open_ws(9, proxy=f"http://127.0.0.1:{port}")
-
-
-def relay(a: socket.socket, b: socket.socket) -> None:
-    def pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    other = threading.Thread(target=pump, args=(b, a), daemon=True)
-    other.start()
-    pump(a, b)
-    other.join(5)
