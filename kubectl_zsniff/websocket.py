@@ -366,8 +366,7 @@ class WebSocket:
                     if got:
                         break
                     now = time.monotonic()
-                    if got == 0 and self._close_deadline is not None \
-                            and now >= self._close_deadline:
+                    if self._close_deadline is not None and now >= self._close_deadline:
                         return CloseInfo(None, "the server did not answer the close",
                                          by_client=True)
                     if self._end_deadline is not None and now >= self._end_deadline:

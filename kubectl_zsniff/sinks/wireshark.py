@@ -104,7 +104,7 @@ class WiresharkSink:
         except ReaderClosed:
             self._proc = None
             raise
-        except (BrokenPipeError, ConnectionResetError, ValueError, OSError) as exc:
+        except (OSError, ValueError) as exc:  # a broken pipe, or a closed one
             self._proc = None
             raise ReaderClosed("Wireshark was closed") from exc
         self.bytes_written += len(data)
