@@ -1,4 +1,12 @@
-"""Shared fixtures: the local test cluster (session-scoped) and a fresh HOME for kubectl."""
+"""Shared fixtures: the clusters (session-scoped) and a fresh HOME for kubectl.
+
+``cluster`` is the test double (tests/cluster) or the real Kubernetes (tests/realcluster):
+every test that uses it, directly or through another fixture, runs on both, except tests
+under tests/cluster (about the double itself), tests under tests/realcluster (real only) and
+tests marked ``double_only`` (they need a fault the real cluster cannot make on demand).
+Where the real cluster cannot run here its tests skip with the reason; under CI=true that is a
+failure, so that CI never passes without them.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +34,86 @@ def _netns_unusable_reason() -> str | None:
     return None
 
 
+CLUSTER_KINDS = ("double", "real")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cluster_kind" not in metafunc.fixturenames:
+        return
+    path = str(metafunc.definition.path)
+    if "/tests/cluster/" in path or metafunc.definition.get_closest_marker("double_only"):
+        kinds: tuple[str, ...] = ("double",)
+    elif "/tests/realcluster/" in path:
+        kinds = ("real",)
+    else:
+        kinds = CLUSTER_KINDS
+    metafunc.parametrize("cluster_kind", kinds, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A running cluster in a temporary state dir; torn down and checked for leftovers."""
+def cluster_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_kind: str, request: pytest.FixtureRequest) -> object:
+    """The cluster this test runs on: the double or the real one."""
+    return request.getfixturevalue(f"{cluster_kind}_cluster")
+
+
+def _real_cluster_unusable_reason() -> str | None:
+    from tests.realcluster.cluster import missing_reason
+
+    return missing_reason()
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The real single-node Kubernetes, up for the session; afterwards nothing of it may be
+    left on the host: no process, cgroup, mount, link or file."""
+    reason = _real_cluster_unusable_reason()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the real cluster must run in CI: {reason}")
+        pytest.skip(reason)
+    from tests.realcluster import cluster as real
+    from tests.realcluster import node
+    from tests.realcluster.handle import RealClusterHandle
+
+    links_before = _host_links()
+    mounts_before = _host_mounts()
+    state = tmp_path_factory.mktemp("zsniff-real")
+    try:
+        real.up(state)
+    except real.ClusterError as err:
+        real.down(state)
+        pytest.fail(f"the real cluster did not come up: {err}")
+    handle = RealClusterHandle(state)
+    try:
+        yield handle
+    finally:
+        problems = real.down(state)
+        assert not problems, problems
+        assert not node.node_pids(handle.record, handle.prefix), "node processes left behind"
+        assert not list(node._cgroup_dirs(handle.prefix)), "cgroups left behind"
+        assert not state.exists(), f"{state} left behind"
+        assert _host_links() == links_before, "the host's links changed"
+        assert _host_mounts() == mounts_before, "the host's mounts changed"
+
+
+def _host_links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return sorted(line.split(":", 2)[1].strip() for line in out.splitlines() if ":" in line)
+
+
+def _host_mounts() -> list[str]:
+    return sorted(line.split()[4] for line in
+                  Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+@pytest.fixture(scope="session")
+def double_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The test double in a temporary state dir; torn down and checked for leftovers."""
     reason = _netns_unusable_reason()
     if reason:
         pytest.skip(reason)

@@ -37,6 +37,10 @@ class ApiFailure(Exception):
 
 
 class ClusterHandle:
+    kind = "double"
+    capture_image = "busybox"  # ignored: the double runs the host's tcpdump
+    node_names = ("node-a", "node-b")
+
     def __init__(self, state_dir: Path | str = ".zsniff-cluster") -> None:
         self.state_dir = Path(state_dir).resolve()
         self.kubeconfig = self.state_dir / "kubeconfig"
@@ -241,6 +245,9 @@ class ClusterHandle:
         self._settings(ephemeral_supported=True, pull_delay=0, runtime="containerd")
 
     # ---- helpers for tests ----------------------------------------------------------------
+
+    def steer_next_ip(self, ip: str) -> None:
+        """Nothing to do: the double hands a freed address to the next pod by itself."""
 
     def owned_netns(self) -> list[str]:
         return runtime.netns_list(self.prefix)

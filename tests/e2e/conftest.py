@@ -28,7 +28,9 @@ from kubectl_zsniff.pcapng import Interface, NameRecords, PacketRecord, read_cap
 HERE = Path(__file__).resolve().parent
 PODNET = str(HERE / "podnet.py")
 POD_PYTHON = "/usr/bin/python3"  # Debian's, not a pyenv shim: it runs inside the netns
-IMAGE = "busybox"  # images are ignored by the test cluster; tcpdump comes from the host
+# The capture image: the double ignores images (tcpdump comes from the host); the real cluster
+# runs zsniff.test/capture:1, made from Debian's tcpdump (tests/realcluster/images.py).
+IMAGE = "busybox"
 
 REPO_ROOT = HERE.parents[1]
 # The CLI of this checkout (PYTHONPATH below), not whichever copy an editable install points
@@ -58,13 +60,14 @@ class Zsniff:
 
     kubeconfig: Path
     home: Path
+    image: str = IMAGE
 
     def argv(self, args: list[str]) -> list[str]:
         args = list(args)
         if "--kubeconfig" not in args:
             args += ["--kubeconfig", str(self.kubeconfig)]
         if "--image" not in args:
-            args += ["--image", IMAGE]
+            args += ["--image", self.image]
         return [*ZSNIFF, *args]
 
     def run(self, args: list[str], *, timeout: float = 90, env: dict[str, str] | None = None,
@@ -86,7 +89,7 @@ class Zsniff:
 def zsniff(cluster: Any, tmp_path: Path) -> Zsniff:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return Zsniff(cluster.kubeconfig, home)
+    return Zsniff(cluster.kubeconfig, home, cluster.capture_image)
 
 
 # ---- pods and traffic -------------------------------------------------------------------

@@ -1,0 +1,222 @@
+"""A handle on the running real cluster with the same methods the e2e tests use on the test
+double (tests/cluster/handle.py), so one test can run against both.
+
+Everything goes through the real API as the cluster admin, except what a test needs below the
+API: ``run_in_pod`` starts a host program in a pod's network namespace (traffic generators,
+reference tcpdumps), ``processes`` lists what runs in a pod, from /proc and the pod's cgroups.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.handle import ApiFailure, ProcInfo
+
+from . import images, node
+from .cluster import CTR, Api
+from .node import NodeRecord
+
+# Images the tests name on the double (which ignores them) and what runs them here.
+IMAGE_FOR = {"busybox": images.TOOLS}
+
+
+class RealClusterHandle:
+    kind = "real"
+    capture_image = images.CAPTURE
+    node_names = (node.NODE_NAME,)
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.kubeconfig = self.state_dir / "kubeconfig"
+        record = NodeRecord.load(self.state_dir)
+        if record is None:
+            raise RuntimeError(f"no real cluster is up in {self.state_dir}")
+        self.record = record
+        self.prefix = record.prefix
+        self.base_url = f"https://127.0.0.1:{record.relay_port}"
+        self._api = {user: Api(self.state_dir, record.relay_port, user)
+                     for user in ("admin", "limited")}
+        self.ctr = [CTR, "--address", str(self.state_dir / "containerd" / "containerd.sock"),
+                    "-n", "k8s.io"]
+
+    # ---- the API ----------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = "application/json", user: str = "admin",
+                timeout: float = 30) -> Any:
+        status, obj = self._api[user].call(method, path, body, timeout, content_type)
+        if status >= 400:
+            raise ApiFailure(status, obj)
+        return obj
+
+    @staticmethod
+    def _pods(namespace: str, name: str | None = None) -> str:
+        base = f"/api/v1/namespaces/{namespace}/pods"
+        return f"{base}/{name}" if name else base
+
+    def create_pod(self, name: str, namespace: str = "default",
+                   command: list[str] | None = None, image: str = "busybox",
+                   labels: dict[str, str] | None = None, node: str | None = None, *,
+                   security_context: dict[str, Any] | None = None,
+                   restart_policy: str | None = None, wait: bool = True,
+                   containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        c: dict[str, Any] = {"name": "main", "image": IMAGE_FOR.get(image, image),
+                             "command": command or ["sleep", "3600"],
+                             "imagePullPolicy": "IfNotPresent"}
+        if security_context:
+            c["securityContext"] = security_context
+        spec: dict[str, Any] = {"containers": containers or [c],
+                                # sleep as PID 1 ignores SIGTERM: do not wait 30 s for it.
+                                "terminationGracePeriodSeconds": 1}
+        if restart_policy:
+            spec["restartPolicy"] = restart_policy
+        # One node here: a test's node name (the double has two) is not a constraint.
+        manifest = {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+                    "spec": spec}
+        obj = self.request("POST", self._pods(namespace), manifest)
+        return self.wait_pod_running(name, namespace) if wait else dict(obj)
+
+    def get_pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return dict(self.request("GET", self._pods(namespace, name)))
+
+    def wait_for(self, name: str, namespace: str, predicate: Any,
+                 timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            pod = self.get_pod(name, namespace)
+            if predicate(pod):
+                return pod
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pod {namespace}/{name}: condition not met: {pod['status']}")
+            time.sleep(0.1)
+
+    def wait_pod_running(self, name: str, namespace: str = "default",
+                         timeout: float = 90) -> dict[str, Any]:
+        def running(pod: dict[str, Any]) -> bool:
+            status = pod.get("status", {})
+            return status.get("phase") == "Running" and bool(status.get("podIPs")) and all(
+                "running" in s.get("state", {}) for s in status.get("containerStatuses", []))
+
+        return self.wait_for(name, namespace, running, timeout)
+
+    def delete_pod(self, name: str, namespace: str = "default", *, grace: int = 0,
+                   wait: bool = True, timeout: float = 60) -> None:
+        try:
+            self.request("DELETE", self._pods(namespace, name) + f"?gracePeriodSeconds={grace}")
+        except ApiFailure as e:
+            if e.status != 404:
+                raise
+            return
+        deadline = time.monotonic() + timeout
+        while wait:
+            try:
+                self.get_pod(name, namespace)
+            except ApiFailure as e:
+                if e.status == 404:
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pod {namespace}/{name} not deleted")
+            time.sleep(0.1)
+
+    def pod_ip(self, ns: str, name: str, family: int = 4) -> str:
+        ips = [i["ip"] for i in self.get_pod(name, ns)["status"].get("podIPs", [])]
+        return next(ip for ip in ips if (":" in ip) == (family == 6))
+
+    # ---- below the API ----------------------------------------------------------------------
+
+    def _task_pids(self) -> dict[str, int]:
+        """containerd's running tasks: container id -> PID of its first process."""
+        out = subprocess.run([*self.ctr, "tasks", "ls"], capture_output=True, text=True,
+                             timeout=30).stdout
+        pids = {}
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "RUNNING":
+                pids[fields[0]] = int(fields[1])
+        return pids
+
+    @staticmethod
+    def _container_ids(pod: dict[str, Any]) -> dict[str, str]:
+        status = pod.get("status", {})
+        ids = {}
+        for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+            for s in status.get(key, []):
+                if s.get("containerID"):
+                    ids[s["containerID"].split("://", 1)[-1]] = s["name"]
+        return ids
+
+    def pod_pid(self, ns: str, pod: str) -> int:
+        """A PID in the pod's network namespace (its first running container's)."""
+        tasks = self._task_pids()
+        for container_id in self._container_ids(self.get_pod(pod, ns)):
+            if container_id in tasks:
+                return tasks[container_id]
+        raise RuntimeError(f"no running container of {ns}/{pod} found in containerd")
+
+    def netns_path(self, ns: str, pod: str) -> str:
+        return f"/proc/{self.pod_pid(ns, pod)}/ns/net"
+
+    def run_in_pod(self, ns: str, pod: str, argv: list[str],
+                   **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` (a host program, as root) in the pod's network namespace only."""
+        pid = self.pod_pid(ns, pod)
+        return subprocess.Popen(["nsenter", "-t", str(pid), "--net", "--", *argv],
+                                **popen_kwargs)
+
+    def processes(self, ns: str, pod: str) -> list[ProcInfo]:
+        """Every live process in the pod's network namespace, with the container it runs in
+        (None: not started by Kubernetes, e.g. run_in_pod; "(sandbox)": the pause process)."""
+        pod_obj = self.get_pod(pod, ns)
+        names = self._container_ids(pod_obj)
+        target = node.ns_inode(self.pod_pid(ns, pod), "net")
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or node.ns_inode(entry, "net") != target:
+                continue
+            try:
+                cgroups = Path(f"/proc/{entry}/cgroup").read_text()
+                argv = [a.decode(errors="replace") for a in
+                        Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0") if a]
+            except OSError:
+                continue
+            container: str | None = None
+            for line in cgroups.splitlines():
+                path = line.split(":", 2)[-1]
+                if "/kubepods" in path:
+                    container = names.get(path.rstrip("/").rsplit("/", 1)[-1], "(sandbox)")
+                    break
+            if argv:
+                out.append(ProcInfo(int(entry), container, argv))
+        return out
+
+    def steer_next_ip(self, ip: str) -> None:
+        """Make host-local IPAM hand out `ip` next. It allocates round-robin after the last
+        address it reserved, so a freed address comes back only after the range wraps (which
+        a busy node reaches by itself); the tests that need a reused address get it now."""
+        before = ipaddress.ip_address(ip) - 1
+        family = "0" if ":" not in ip else "1"
+        path = self.state_dir / "cni-ipam" / "zsniff-real" / f"last_reserved_ip.{family}"
+        path.write_text(str(before))
+
+    # ---- what only the double can do ----------------------------------------------------------
+
+    def reset(self) -> None:
+        """Nothing to reset: the real cluster has no fault switches."""
+
+    def container_logs(self) -> dict[str, str]:
+        logs = {}
+        for path in sorted((self.state_dir / "logs").glob("*.log")):
+            logs[path.stem] = "\n".join(path.read_text(errors="replace").splitlines()[-40:])
+        return logs
+
+    def describe(self) -> str:
+        return json.dumps({"state": str(self.state_dir), "prefix": self.prefix,
+                           "server": self.base_url})
