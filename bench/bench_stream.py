@@ -1,4 +1,5 @@
-"""zsniff's stream path against real kubectl exec, on the local test cluster (not a test).
+"""zsniff's stream path against real kubectl exec, on the test double or on the real
+Kubernetes of tests/realcluster (not a test).
 
 The same bytes for every client: a generated pcap file (>= 1 GB by default; 1514-byte and
 mixed-size packets) streamed by ``cat`` through the exec websocket of the test cluster's API
@@ -13,7 +14,12 @@ Also: the time of ``kubectl-zsniff --help`` (median of 10) and the time from sta
 capture (traffic flowing) to its first packet on disk. Timings never fail anything; targets are
 reported as met or not: pass-through >= 1.0x kubectl's MB/s, pcapng >= 0.5x, peak RSS < 100 MB.
 
-    sudo python bench/bench_stream.py [--mb 1024] [--repeat 3] [--state DIR] [--profile]
+    sudo python bench/bench_stream.py [--cluster double|real] [--mb 1024] [--repeat 3]
+                                      [--state DIR] [--profile]
+
+With ``--cluster real`` the bytes go through kube-apiserver (websocket v5 to the client, SPDY
+to kubelet), kubelet and containerd's streaming server, and kubectl is the v1.34 built with
+the cluster (the file reaches the pod through a read-only hostPath volume).
 
 Needs root (the test cluster's pods are network namespaces). The generated file is kept in
 --data-dir (default /var/tmp/zsniff-bench) and reused by later runs.
@@ -212,7 +218,7 @@ def first_packet_time(handle: Any, env: dict[str, str], kubeconfig: Path,
         time.sleep(0.3)
         start = time.perf_counter()
         proc = subprocess.Popen([*CLI, POD, "--kubeconfig", str(kubeconfig), "-w", str(out),
-                                 "--image", "busybox", "-d", "60s", "-q"], env=env,
+                                 "--image", handle.capture_image, "-d", "60s", "-q"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         found = None
         while time.perf_counter() - start < 30 and proc.poll() is None:
@@ -246,7 +252,9 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=Path("/var/tmp/zsniff-bench"))
     ap.add_argument("--out-dir", type=Path, default=Path("/dev/shm"),
                     help="where zsniff's output goes (tmpfs; deleted after each round)")
-    ap.add_argument("--kubectl", default=KUBECTL)
+    ap.add_argument("--kubectl", default=None,
+                    help=f"default: {KUBECTL} on the double, the cluster's own on the real one")
+    ap.add_argument("--cluster", choices=["double", "real"], default="double")
     ap.add_argument("--profile", action="store_true",
                     help="also run each zsniff client once under cProfile and print the top")
     args = ap.parse_args()
@@ -254,9 +262,6 @@ def main() -> int:
         return client_main(args)
     if os.geteuid() != 0:
         raise SystemExit("needs root: the test cluster's pods are network namespaces")
-
-    from tests.cluster import __main__ as ctl
-    from tests.cluster.handle import ClusterHandle
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     data = args.data_dir / f"stream-{args.mb}MB.pcap"
@@ -267,8 +272,13 @@ def main() -> int:
 
     own_state = args.state is None
     state = Path(tempfile.mkdtemp(prefix="zsniff-bench-")) if own_state else args.state
-    kubeconfig = ctl.up(state)
-    handle = ClusterHandle(state)
+    handle, down = start_cluster(args.cluster, state)
+    kubeconfig = handle.kubeconfig
+    if args.kubectl is None:
+        from tests.realcluster.build import ensure_binaries
+
+        args.kubectl = ensure_binaries()["kubectl"] if args.cluster == "real" else KUBECTL
+    print(f"cluster: {args.cluster}; kubectl: {args.kubectl}", flush=True)
     home = Path(tempfile.mkdtemp(prefix="zsniff-bench-home-"))
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(HOME=str(home), PYTHONPATH=str(REPO))
@@ -277,7 +287,10 @@ def main() -> int:
             try:
                 handle.get_pod(pod, NAMESPACE)
             except Exception:
-                handle.create_pod(pod, NAMESPACE)
+                if args.cluster == "real":
+                    handle.create_pod(pod, NAMESPACE, host_dirs=(str(args.data_dir),))
+                else:
+                    handle.create_pod(pod, NAMESPACE)
         server_pid = handle.server_pid
         runs: dict[str, list[dict[str, Any]]] = {"kubectl": [], "zsniff pcap": [],
                                                  "zsniff pcapng": []}
@@ -374,8 +387,23 @@ def main() -> int:
                 print(proc.stderr)
     finally:
         if own_state:
-            ctl.down(state)
+            down(state)
     return 0
+
+
+def start_cluster(kind: str, state: Path) -> tuple[Any, Any]:
+    """(handle, down) of a running cluster of that kind in `state`."""
+    if kind == "real":
+        from tests.realcluster import cluster as real
+        from tests.realcluster.handle import RealClusterHandle
+
+        real.up(state)
+        return RealClusterHandle(state), real.down
+    from tests.cluster import __main__ as ctl
+    from tests.cluster.handle import ClusterHandle
+
+    ctl.up(state)
+    return ClusterHandle(state), ctl.down
 
 
 if __name__ == "__main__":

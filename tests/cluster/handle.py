@@ -40,6 +40,8 @@ class ClusterHandle:
     kind = "double"
     capture_image = "busybox"  # ignored: the double runs the host's tcpdump
     node_names = ("node-a", "node-b")
+    limited_context = "zsniff-limited"
+    cert_context = "zsniff-cert"
 
     def __init__(self, state_dir: Path | str = ".zsniff-cluster") -> None:
         self.state_dir = Path(state_dir).resolve()
@@ -245,6 +247,9 @@ class ClusterHandle:
         self._settings(ephemeral_supported=True, pull_delay=0, runtime="containerd")
 
     # ---- helpers for tests ----------------------------------------------------------------
+
+    def admin_token(self) -> str:
+        return str(self._tokens["admin"])
 
     def steer_next_ip(self, ip: str) -> None:
         """Nothing to do: the double hands a freed address to the next pod by itself."""

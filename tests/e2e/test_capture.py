@@ -43,10 +43,12 @@ ECHO_TCP_UDP = "tcp or udp or icmp or icmpv6.type == 128 or icmpv6.type == 129"
 def _captured_alongside_reference(pair: PodPair, zsniff: Zsniff, tmp_path: Path,
                                   out: Path, extra: list[str] | None = None) -> tuple[Any, Path]:
     """Reference tcpdump and zsniff both capture the web pod while a bounded mix of HTTP, UDP
-    and ICMP over IPv4 and IPv6 flows from the client; zsniff stops by its duration after."""
+    and ICMP over IPv4 and IPv6 flows from the client; zsniff stops by its duration after
+    (long enough for the whole mix on a loaded 2-core machine: at 8 s the real cluster's run
+    once ended its capture before the last ICMPv6 echo)."""
     ref = RefCapture(pair.cluster, pair.namespace, pair.web, tmp_path / "ref.pcap")
     try:
-        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out), "-d", "8s",
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out), "-d", "14s",
                              *(extra or [])])
         try:
             wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)

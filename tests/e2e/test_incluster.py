@@ -30,13 +30,13 @@ SECRETS = "/var/run/secrets/kubernetes.io/serviceaccount"
 NAMESPACE = "kube-public"  # not "default": the service account's namespace file must count
 
 
-def in_cluster_run(kubeconfig: Path, tmp_path: Path,
-                   args: list[str]) -> subprocess.CompletedProcess[str]:
-    """The CLI as a pod would run it: the server, token and CA of `kubeconfig` become the
-    service account's files and variables."""
-    config = json.loads(kubeconfig.read_text())
+def in_cluster_run(cluster: Any, tmp_path: Path, args: list[str],
+                   token: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as a pod would run it: the cluster's server and CA and a bearer token (the
+    admin's unless given) become the service account's files and variables."""
+    config = json.loads(cluster.kubeconfig.read_text())
     server = urlsplit(config["clusters"][0]["cluster"]["server"])
-    token = next(u for u in config["users"] if u["name"] == "admin")["user"]["token"]
+    token = token or cluster.admin_token()
     files = tmp_path / "serviceaccount"
     files.mkdir()
     (files / "token").write_text(token)
@@ -71,7 +71,7 @@ def test_capture_from_inside_a_pod_with_the_service_account(
     try:
         out = tmp_path / "in.pcapng"
         result = in_cluster_run(
-            cluster.kubeconfig, tmp_path,
+            cluster, tmp_path,
             ["incluster-web", "-d", "2s", "-w", str(out), "--image", "busybox"])
         assert result.returncode == 0, result.stderr
         assert "listening on eth0" in result.stderr
@@ -86,13 +86,9 @@ def test_capture_from_inside_a_pod_with_the_service_account(
 
 
 def test_in_cluster_with_a_wrong_token_is_unauthorized(cluster: Any, tmp_path: Path) -> None:
-    config = json.loads(cluster.kubeconfig.read_text())
-    admin = next(u for u in config["users"] if u["name"] == "admin")
-    admin["user"]["token"] = "not-a-valid-token"
-    wrong = tmp_path / "kubeconfig"
-    wrong.write_text(json.dumps(config))
-    result = in_cluster_run(wrong, tmp_path, ["some-pod", "-d", "1s", "-w",
-                                              str(tmp_path / "x.pcapng")])
+    result = in_cluster_run(cluster, tmp_path, ["some-pod", "-d", "1s", "-w",
+                                                str(tmp_path / "x.pcapng")],
+                            token="not-a-valid-token")
     assert result.returncode == 13, result.stderr
     assert result.stderr.startswith("error: ")
     assert "not-a-valid-token" not in result.stderr

@@ -67,13 +67,16 @@ def test_client_certificate_auth_for_rest_and_the_exec_stream(
 ) -> None:
     """kubeadm, kind and minikube kubeconfigs carry a client certificate and no token."""
     config = json.loads(cluster.kubeconfig.read_text())
-    user = next(u for u in config["users"] if u["name"] == "admin-cert")["user"]
+    context = next(c for c in config["contexts"] if c["name"] == cluster.cert_context)
+    user = next(u for u in config["users"] if u["name"] == context["context"]["user"])["user"]
     assert "token" not in user and "client-certificate-data" in user
     out = tmp_path / "c.pcapng"
-    result = capture_briefly(kube_home, cluster.kubeconfig, out, "--context", "zsniff-cert")
+    result = capture_briefly(kube_home, cluster.kubeconfig, out, "--context",
+                             cluster.cert_context)
     assert result.returncode == 0, result.stderr
     assert "listening on eth0" in result.stderr
-    assert "context zsniff-cert" in out.read_bytes().decode("latin-1")  # the section comment
+    # the section comment
+    assert f"context {cluster.cert_context}" in out.read_bytes().decode("latin-1")
 
 
 def test_capture_through_the_kubeconfig_proxy(
@@ -103,7 +106,7 @@ def test_exec_credential_plugin_token_reaches_the_exec_stream(
     """EKS/GKE/AKS style auth: the token comes from a plugin, for REST and for the websocket."""
     config = json.loads(cluster.kubeconfig.read_text())
     admin = next(u for u in config["users"] if u["name"] == "admin")
-    token = admin["user"].pop("token")
+    token = cluster.admin_token()
     plugin = tmp_path / "token-plugin"
     plugin.write_text(
         f"#!{sys.executable}\nimport json\nprint(json.dumps({{"
@@ -111,8 +114,9 @@ def test_exec_credential_plugin_token_reaches_the_exec_stream(
         f'"status": {{"token": "{token}"}}}}))\n'
     )
     plugin.chmod(0o755)
-    admin["user"]["exec"] = {"apiVersion": "client.authentication.k8s.io/v1",
-                             "command": str(plugin), "interactiveMode": "Never"}
+    # The plugin is the user's only credential.
+    admin["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                              "command": str(plugin), "interactiveMode": "Never"}}
     kubeconfig = tmp_path / "plugin.kubeconfig"
     kubeconfig.write_text(json.dumps(config))
     out = tmp_path / "p.pcapng"
@@ -152,7 +156,10 @@ def test_hosts_file_from_the_cluster(cluster: Any, pods: Any, kube_home: Path) -
              if not line.startswith("#")}
     assert (web_ip, "default/out-web") in lines
     assert (client_ip, "default/out-client") in lines
-    assert ("10.244.0.2", "node/node-a") in lines
+    node = cluster.node_names[0]
+    node_ip = next(a["address"] for a in cluster.request("GET", f"/api/v1/nodes/{node}")[
+        "status"]["addresses"] if a["type"] == "InternalIP")
+    assert (node_ip, f"node/{node}") in lines
 
 
 def test_enrich_zeek_log_with_names_from_the_cluster(

@@ -116,6 +116,7 @@ def test_stuck_reader_does_not_hold_the_stop(
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
 
 
+@pytest.mark.double_only  # the real cluster loses streams in test_real_cluster.py
 def test_lost_stream_keeps_every_whole_packet_before_the_cut(
         pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
     """The API server cuts the exec stream after CUT bytes of tcpdump's pcap output: exit 14,

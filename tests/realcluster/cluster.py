@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -33,9 +34,9 @@ DEFAULT_STATE = Path(".zsniff-real")
 CONTEXT = "zsniff-real"
 LIMITED_CONTEXT = "zsniff-real-limited"
 LIMITED_USER = "zsniff-limited"
-# kubelet's --streaming-connection-idle-timeout (its default is 4h): tests of quiet captures
-# shorten it with ZSNIFF_REAL_STREAM_IDLE_TIMEOUT.
-STREAM_IDLE_TIMEOUT = os.environ.get("ZSNIFF_REAL_STREAM_IDLE_TIMEOUT", "4h")
+# kubelet's streamingConnectionIdleTimeout and containerd's stream_idle_timeout (both 4h by
+# default; 5 min on CIS-hardened clusters): the tests shorten it to see quiet captures end.
+DEFAULT_STREAM_IDLE_TIMEOUT = "4h"
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 RUNC = "/usr/sbin/runc"
@@ -72,7 +73,8 @@ def _binaries_cached() -> bool:
 # ---- certificates ---------------------------------------------------------------------------
 
 _EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-_CLIENT = "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n"
+_CLIENT = ("extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+           "basicConstraints=CA:FALSE\n")
 
 
 def _openssl(*args: Any) -> None:
@@ -116,6 +118,11 @@ def make_pki(state: Path) -> Path:
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
              pki / "sa.key")
     _openssl("pkey", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
+    # Static bearer tokens too (--token-auth-file), for what needs a token rather than a
+    # certificate: in-cluster config, exec credential plugins.
+    _write_private(pki / "tokens.csv", "".join(
+        f'{secrets.token_hex(16)},{user},{user},"{groups}"\n'
+        for user, groups in (("zsniff-admin", "system:masters"), (LIMITED_USER, ""))))
     (pki / "done").write_text("")
     return pki
 
@@ -167,7 +174,7 @@ def user_kubeconfig(state: Path, port: int) -> Path:
 # ---- configuration files --------------------------------------------------------------------
 
 
-def containerd_config(state: Path) -> Path:
+def containerd_config(state: Path, stream_idle_timeout: str) -> Path:
     d = state / "containerd"
     (state / "cni-conf").mkdir(exist_ok=True)
     (state / "cni-ipam").mkdir(exist_ok=True)
@@ -204,6 +211,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  stream_idle_timeout = "{stream_idle_timeout}"
 
 [{cri}.containerd]
   snapshotter = "overlayfs"
@@ -226,7 +234,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     return path
 
 
-def kubelet_config(state: Path, prefix: str) -> Path:
+def kubelet_config(state: Path, prefix: str, stream_idle_timeout: str) -> Path:
     pki = state / "pki"
     cfg = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -242,7 +250,7 @@ def kubelet_config(state: Path, prefix: str) -> Path:
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
                          "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
-        "streamingConnectionIdleTimeout": STREAM_IDLE_TIMEOUT,
+        "streamingConnectionIdleTimeout": stream_idle_timeout,
         "resolvConf": str(state / "resolv.conf"),
         # root here cannot lower an oom_score_adj (no CAP_SYS_RESOURCE).
         "oomScoreAdj": 0,
@@ -268,7 +276,19 @@ def _start(state: Path, record: NodeRecord, name: str, argv: list[str]) -> None:
                                 stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     record.pids[name] = proc.pid
+    record.commands[name] = argv
     record.save(state)
+
+
+def restart(state: Path, record: NodeRecord, name: str, down_for: float = 0.0) -> None:
+    """SIGKILL a component (as a crash or a node reboot would) and start it again."""
+    pid = record.pids[name]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while node.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(down_for)
+    _start(state, record, name, record.commands[name])
 
 
 def _log_tail(state: Path, name: str, lines: int = 15) -> str:
@@ -410,7 +430,8 @@ def is_up(state: Path) -> bool:
     return api.ok("/readyz") and _node_ready(api)
 
 
-def up(state: Path, timeout: float = 240, log: Any = None) -> Path:
+def up(state: Path, timeout: float = 240, log: Any = None,
+       stream_idle_timeout: str = DEFAULT_STREAM_IDLE_TIMEOUT) -> Path:
     """Start everything (after cleaning a crashed earlier run); returns DIR/kubeconfig."""
     say = log or (lambda msg: print(f"realcluster: {msg}", file=sys.stderr, flush=True))
     state = state.resolve()
@@ -428,7 +449,8 @@ def up(state: Path, timeout: float = 240, log: Any = None) -> Path:
     holder = node.start_holder(state / "holder.log")
     time.sleep(0.05)
     record = NodeRecord(prefix=prefix, holder_pid=holder.pid,
-                        net_inode=0, mnt_inode=0, relay_port=_free_port(), pids={})
+                        net_inode=0, mnt_inode=0, relay_port=_free_port(), pids={},
+                        stream_idle_timeout=stream_idle_timeout)
     for _ in range(100):  # unshare has made the namespaces once they differ from ours
         net, mnt = node.ns_inode(holder.pid, "net"), node.ns_inode(holder.pid, "mnt")
         if net and mnt and net != node.ns_inode("self", "net") and \
@@ -458,13 +480,14 @@ def up(state: Path, timeout: float = 240, log: Any = None) -> Path:
         binaries["kube-scheduler"],
         f"--kubeconfig={component_kubeconfig(state, 'scheduler')}", "--leader-elect=false",
         "--bind-address=127.0.0.1", "--secure-port=10259"])
-    _start(state, record, "containerd", [CONTAINERD, "--config", str(containerd_config(state))])
+    config = containerd_config(state, stream_idle_timeout)
+    _start(state, record, "containerd", [CONTAINERD, "--config", str(config)])
     ctr = [CTR, "--address", str(state / "containerd" / "containerd.sock")]
     _wait("containerd to answer", state, record, "containerd",
           lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0, 60)
     images.import_all(ctr, tars)
     _start(state, record, "kubelet", [
-        binaries["kubelet"], f"--config={kubelet_config(state, prefix)}",
+        binaries["kubelet"], f"--config={kubelet_config(state, prefix, stream_idle_timeout)}",
         f"--kubeconfig={component_kubeconfig(state, 'kubelet')}",
         f"--root-dir={state / 'kubelet'}", f"--hostname-override={NODE_NAME}",
         f"--node-ip={NODE_IPV4},{NODE_IPV6}", "--v=1"])
@@ -497,6 +520,7 @@ def _start_control_plane(state: Path, record: NodeRecord, binaries: Binaries,
         "--kubelet-preferred-address-types=InternalIP",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--token-auth-file={pki / 'tokens.csv'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--service-cluster-ip-range={node.SERVICE_SUBNET}",
         "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",

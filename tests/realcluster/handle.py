@@ -18,8 +18,8 @@ from typing import Any
 
 from tests.cluster.handle import ApiFailure, ProcInfo
 
-from . import images, node
-from .cluster import CTR, Api
+from . import cluster, images, node
+from .cluster import CTR, LIMITED_CONTEXT, Api
 from .node import NodeRecord
 
 # Images the tests name on the double (which ignores them) and what runs them here.
@@ -30,6 +30,8 @@ class RealClusterHandle:
     kind = "real"
     capture_image = images.CAPTURE
     node_names = (node.NODE_NAME,)
+    limited_context = LIMITED_CONTEXT
+    cert_context = "zsniff-real"  # its admin user has a client certificate and no token
 
     def __init__(self, state_dir: Path | str) -> None:
         self.state_dir = Path(state_dir).resolve()
@@ -65,15 +67,25 @@ class RealClusterHandle:
                    labels: dict[str, str] | None = None, node: str | None = None, *,
                    security_context: dict[str, Any] | None = None,
                    restart_policy: str | None = None, wait: bool = True,
-                   containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   containers: list[dict[str, Any]] | None = None,
+                   host_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A one-container pod (``main``); ``host_dirs`` are mounted read-only at the same
+        path (the double's pods see the host's files; here a test must ask for them)."""
         c: dict[str, Any] = {"name": "main", "image": IMAGE_FOR.get(image, image),
                              "command": command or ["sleep", "3600"],
                              "imagePullPolicy": "IfNotPresent"}
+        volumes = [{"name": f"host{i}", "hostPath": {"path": d, "type": "Directory"}}
+                   for i, d in enumerate(host_dirs)]
+        if volumes:
+            c["volumeMounts"] = [{"name": v["name"], "mountPath": d, "readOnly": True}
+                                 for v, d in zip(volumes, host_dirs, strict=False)]
         if security_context:
             c["securityContext"] = security_context
         spec: dict[str, Any] = {"containers": containers or [c],
                                 # sleep as PID 1 ignores SIGTERM: do not wait 30 s for it.
                                 "terminationGracePeriodSeconds": 1}
+        if volumes:
+            spec["volumes"] = volumes
         if restart_policy:
             spec["restartPolicy"] = restart_policy
         # One node here: a test's node name (the double has two) is not a constraint.
@@ -174,9 +186,11 @@ class RealClusterHandle:
     def processes(self, ns: str, pod: str) -> list[ProcInfo]:
         """Every live process in the pod's network namespace, with the container it runs in
         (None: not started by Kubernetes, e.g. run_in_pod; "(sandbox)": the pause process)."""
-        pod_obj = self.get_pod(pod, ns)
-        names = self._container_ids(pod_obj)
-        target = node.ns_inode(self.pod_pid(ns, pod), "net")
+        names = self._container_ids(self.get_pod(pod, ns))
+        try:
+            target = node.ns_inode(self.pod_pid(ns, pod), "net")
+        except RuntimeError:
+            return []  # no container runs (Pending, finished): nothing runs in the pod
         out = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or node.ns_inode(entry, "net") != target:
@@ -197,14 +211,40 @@ class RealClusterHandle:
                 out.append(ProcInfo(int(entry), container, argv))
         return out
 
+    def admin_token(self) -> str:
+        """A bearer token of a cluster admin (the API server's static token file)."""
+        line = (self.state_dir / "pki" / "tokens.csv").read_text().splitlines()[0]
+        return line.split(",", 1)[0]
+
     def steer_next_ip(self, ip: str) -> None:
         """Make host-local IPAM hand out `ip` next. It allocates round-robin after the last
         address it reserved, so a freed address comes back only after the range wraps (which
         a busy node reaches by itself); the tests that need a reused address get it now."""
-        before = ipaddress.ip_address(ip) - 1
+        network = self.state_dir / "cni-ipam" / "zsniff-real"
+        # A pod deleted with grace 0 leaves the API at once; kubelet tears its sandbox down
+        # (CNI DEL frees the address) a moment later.
+        deadline = time.monotonic() + 60
+        while (network / ip).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ip} is still reserved by host-local")
+            time.sleep(0.1)
         family = "0" if ":" not in ip else "1"
-        path = self.state_dir / "cni-ipam" / "zsniff-real" / f"last_reserved_ip.{family}"
-        path.write_text(str(before))
+        (network / f"last_reserved_ip.{family}").write_text(str(ipaddress.ip_address(ip) - 1))
+
+    @property
+    def server_pid(self) -> int:
+        return self.record.pids["kube-apiserver"]
+
+    def restart(self, component: str, down_for: float = 0.0) -> None:
+        """Kill a component of the node with SIGKILL, start it again, wait until it serves."""
+        cluster.restart(self.state_dir, self.record, component, down_for)
+        if component == "kube-apiserver":
+            api = self._api["admin"]
+            deadline = time.monotonic() + 120
+            while not api.ok("/readyz"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the API server did not come back")
+                time.sleep(0.2)
 
     # ---- what only the double can do ----------------------------------------------------------
 

@@ -51,7 +51,8 @@ def specs() -> list[ImageSpec]:
         ImageSpec((PAUSE,), (), busybox_applets=False, command=("/bin/busybox", "sleep",
                                                                   "2147483647")),
         ImageSpec((TOOLS,), ("/usr/bin/socat", "/usr/bin/curl"), extra_files=etc),
-        ImageSpec((CAPTURE, ZSNIFF_DEFAULT_IMAGE, E2E_CAPTURE_ALIAS), ("/usr/bin/tcpdump",), extra_files=etc),
+        ImageSpec((CAPTURE, ZSNIFF_DEFAULT_IMAGE, E2E_CAPTURE_ALIAS), ("/usr/bin/tcpdump",),
+                  extra_files=etc),
         # No shell and no tcpdump: only one static program that is not a shell by its name.
         ImageSpec((DISTROLESS,), (), busybox_applets=False,
                   command=("/app", "sleep", "2147483647")),

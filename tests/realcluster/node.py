@@ -11,6 +11,7 @@ in those namespaces or in the node's cgroups and removing the cgroups and the st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 NODE_NAME = "zsniff-node"
@@ -46,6 +47,8 @@ class NodeRecord:
     mnt_inode: int
     relay_port: int
     pids: dict[str, int]
+    stream_idle_timeout: str = "4h"
+    commands: dict[str, list[str]] = field(default_factory=dict)  # to restart a component
 
     def save(self, state: Path) -> None:
         tmp = state / "node.json.partial"
@@ -157,10 +160,8 @@ def node_pids(record: NodeRecord | None, prefix: str) -> set[int]:
                 pids.add(int(entry))
         pids.update(p for p in (record.holder_pid, *record.pids.values()) if alive(p))
     for cgroup in _cgroup_dirs(prefix):
-        try:
+        with contextlib.suppress(OSError):
             pids.update(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
-        except OSError:
-            pass
     pids.discard(os.getpid())
     return {p for p in pids if alive(p)}
 
@@ -173,10 +174,8 @@ def kill_all(record: NodeRecord | None, prefix: str, timeout: float = 20) -> lis
         if not pids or time.monotonic() > deadline:
             return sorted(pids)
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.1)
 
 

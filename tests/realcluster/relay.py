@@ -10,6 +10,7 @@ front of a managed cluster's API server, it only moves bytes (TLS ends at the AP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import socket
@@ -45,10 +46,8 @@ def pump(src: socket.socket, dst: socket.socket) -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
-        try:
+        with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def serve_connection(client: socket.socket, target: tuple[str, int]) -> None:

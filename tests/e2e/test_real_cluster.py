@@ -1,0 +1,226 @@
+"""What only a real Kubernetes can show: real admission and RBAC, real capabilities on
+containerd, distroless pods, a ReplicaSet's pods, an API server restarted mid-capture, and
+kubelet's streaming idle timeout. The real CLI, real pods, real traffic, real tshark.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    PodPair,
+    Zsniff,
+    assert_clean_error,
+    assert_no_capture_left,
+    capinfos_ok,
+    capture_processes,
+    load,
+    stop_process,
+    tshark_fields,
+    unique,
+    wait_capture_live,
+    wait_until,
+)
+from tests.realcluster.images import DISTROLESS
+
+pytestmark = pytest.mark.real_only
+
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+
+def _effective_caps(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no CapEff for {pid}")
+
+
+def _tcpdump_caps_while_capturing(cluster: Any, zsniff: Zsniff, namespace: str,
+                                  pod: str) -> int:
+    proc = zsniff.start([pod, "-n", namespace, "-w", "-", "-d", "30s"])
+    try:
+        pids = wait_capture_live(cluster, namespace, pod, proc=proc)
+        return _effective_caps(pids[0])
+    finally:
+        stop_process(proc, 2)
+        assert_no_capture_left(cluster, namespace, pod)
+
+
+def test_tcpdump_capabilities_on_containerd(cluster: Any, zsniff: Zsniff) -> None:
+    """Unlabelled namespace: zsniff adds NET_RAW and NET_ADMIN and tcpdump has both.
+    baseline: it adds none; containerd's default set still gives NET_RAW, not NET_ADMIN."""
+    default_pod, baseline_pod = unique("caps"), unique("caps")
+    cluster.create_pod(default_pod)
+    cluster.create_pod(baseline_pod, "baseline")
+    try:
+        caps = _tcpdump_caps_while_capturing(cluster, zsniff, "default", default_pod)
+        assert caps >> CAP_NET_RAW & 1 and caps >> CAP_NET_ADMIN & 1, hex(caps)
+        caps = _tcpdump_caps_while_capturing(cluster, zsniff, "baseline", baseline_pod)
+        assert caps >> CAP_NET_RAW & 1, hex(caps)
+        assert not caps >> CAP_NET_ADMIN & 1, hex(caps)
+    finally:
+        cluster.delete_pod(default_pod)
+        cluster.delete_pod(baseline_pod, "baseline")
+
+
+def test_podsecurity_refusals_come_from_the_real_admission(cluster: Any, zsniff: Zsniff,
+                                                           tmp_path: Path) -> None:
+    """--privileged in baseline: the API server's own PodSecurity message, exit 6. And what
+    zsniff refuses up front in restricted, the real admission refuses too."""
+    pod = unique("psa")
+    cluster.create_pod(pod, "baseline")
+    restricted_pod = unique("psa")
+    cluster.create_pod(restricted_pod, "restricted", security_context={
+        "runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}})
+    try:
+        result = zsniff.run([pod, "-n", "baseline", "--privileged", "-w",
+                             str(tmp_path / "x.pcapng")])
+        assert_clean_error(result, 6, 'violates PodSecurity "baseline:latest"', "privileged")
+        result = zsniff.run([restricted_pod, "-n", "restricted", "-w",
+                             str(tmp_path / "x.pcapng")])
+        assert_clean_error(result, 6, "restricted")
+        # The container zsniff would need, added by hand, is what the real admission rejects.
+        from tests.cluster.handle import ApiFailure
+
+        body = {"spec": {"ephemeralContainers": [{
+            "name": "by-hand", "image": cluster.capture_image, "command": ["sleep", "1"],
+            "targetContainerName": "main"}]}}
+        with pytest.raises(ApiFailure) as refused:
+            cluster.request("PATCH", f"/api/v1/namespaces/restricted/pods/{restricted_pod}"
+                            "/ephemeralcontainers", body,
+                            content_type="application/strategic-merge-patch+json")
+        assert refused.value.status == 403
+        assert 'violates PodSecurity "restricted:latest"' in str(refused.value.body)
+        assert "ephemeralContainers" not in cluster.get_pod(restricted_pod, "restricted")["spec"]
+    finally:
+        cluster.delete_pod(pod, "baseline")
+        cluster.delete_pod(restricted_pod, "restricted")
+
+
+def test_distroless_pod_is_captured(cluster: Any, zsniff: Zsniff, pair: PodPair,
+                                    tmp_path: Path) -> None:
+    """The main container has no shell and no tcpdump: the capture image brings them."""
+    pod = unique("distroless")
+    cluster.create_pod(pod, image=DISTROLESS, command=["/app", "sleep", "3600"])
+    shell = subprocess.run([*_kubectl(cluster), "exec", pod, "-c", "main", "--", "sh", "-c",
+                            "true"], capture_output=True, text=True, timeout=60)
+    assert shell.returncode != 0, "the distroless pod was expected to have no shell"
+    out = tmp_path / "distroless.pcapng"
+    target = cluster.pod_ip("default", pod)
+    traffic = pair.traffic(icmp=1, seconds=60, pause=0.1, families=(4,), to=[target])
+    try:
+        result = zsniff.run([pod, "-w", str(out), "--count", "6", "icmp"])
+    finally:
+        stop_process(traffic)
+        cluster.delete_pod(pod)
+    assert result.returncode == 0, result.stderr
+    rows = tshark_fields(out, "ip.src_host", "ip.dst_host")
+    assert len(rows) == 6
+    assert {r[1] for r in rows} | {r[0] for r in rows} >= {f"default/{pod}"}
+
+
+def _kubectl(cluster: Any) -> list[str]:
+    from tests.realcluster.build import ensure_binaries
+
+    return [ensure_binaries()["kubectl"], "--kubeconfig", str(cluster.kubeconfig)]
+
+
+def test_replicaset_pods_are_captured_together(cluster: Any, zsniff: Zsniff, pair: PodPair,
+                                               tmp_path: Path) -> None:
+    """The scheduler and the controller-manager at work: a ReplicaSet's two pods, one file."""
+    name = unique("rs")
+    labels = {"app": name}
+    cluster.request("POST", "/apis/apps/v1/namespaces/default/replicasets", {
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "main", "image": "zsniff.test/tools:1", "command": ["sleep", "3600"],
+                "imagePullPolicy": "IfNotPresent"}]}}}})
+    try:
+        def running() -> list[dict[str, Any]]:
+            pods = cluster.request(
+                "GET", f"/api/v1/namespaces/default/pods?labelSelector=app%3D{name}")
+            ready = [p for p in pods["items"] if p["status"].get("phase") == "Running"
+                     and p["status"].get("podIPs")]
+            return ready if len(ready) == 2 else []
+
+        pods = wait_until(running, 90, "the ReplicaSet's two pods to run")
+        ips = [p["status"]["podIP"] for p in pods]
+        out = tmp_path / "rs.pcapng"
+        traffic = pair.traffic(icmp=1, seconds=60, pause=0.1, families=(4,), to=ips)
+        try:
+            result = zsniff.run(["-l", f"app={name}", "-w", str(out), "-d", "6s", "icmp"])
+        finally:
+            stop_process(traffic)
+        assert result.returncode == 0, result.stderr
+        capture = load(out)
+        assert sorted(i.name for i in capture.interfaces) == sorted(
+            f"default/{p['metadata']['name']}" for p in pods)
+        hosts = {h for row in tshark_fields(out, "ip.src_host", "ip.dst_host") for h in row}
+        assert {f"default/{p['metadata']['name']}" for p in pods} <= hosts
+        for p in pods:
+            assert p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    finally:
+        cluster.request("DELETE", f"/apis/apps/v1/namespaces/default/replicasets/{name}"
+                        "?propagationPolicy=Foreground")
+
+
+def test_api_server_restarted_mid_capture(cluster: Any, zsniff: Zsniff, pair: PodPair,
+                                          tmp_path: Path) -> None:
+    """kube-apiserver killed and started again during a capture: the stream is lost (exit
+    14) with a clear message, the file is valid up to its last packet, and kubelet ends the
+    exec, so no tcpdump is left in the pod."""
+    out = tmp_path / "restart.pcapng"
+    traffic = pair.traffic(icmp=1, seconds=120, pause=0.1, families=(4,))
+    proc = zsniff.start([pair.web, "-w", str(out), "icmp"])
+    try:
+        wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
+        time.sleep(1.5)
+        cluster.restart("kube-apiserver", down_for=1.0)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stop_process(proc)
+        stop_process(traffic)
+    err = err.decode()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 14, err
+    assert "error:" in err and "hint:" in err, err
+    assert len(load(out).packets) >= 10, "the packets before the restart were lost"
+    capinfos_ok(out)
+    assert_no_capture_left(cluster, pair.namespace, pair.web, timeout=30)
+
+
+def test_quiet_capture_beyond_kubelet_idle_timeout(cluster: Any, zsniff: Zsniff,
+                                                   pair: PodPair, tmp_path: Path) -> None:
+    """A filter that matches nothing for longer than the node's streaming idle timeout
+    (short on the tests' cluster: tests/conftest.py): what README says happens."""
+    idle = _seconds(cluster.record.stream_idle_timeout)
+    assert idle <= 120, "the test cluster's idle timeout should be short (tests/conftest.py)"
+    out = tmp_path / "quiet.pcapng"
+    started = time.monotonic()
+    result = zsniff.run([pair.web, "-w", str(out), "-d", f"{int(idle + 20)}s", "udp port 9"],
+                        timeout=idle + 120)
+    took = time.monotonic() - started
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == QUIET_CAPTURE_EXIT, (result.returncode, result.stderr, took)
+    assert QUIET_CAPTURE_WORDS in result.stderr, result.stderr
+    list(load(out).interfaces)
+    assert not capture_processes(cluster, pair.namespace, pair.web)
+    assert_no_capture_left(cluster, pair.namespace, pair.web, timeout=30)
+
+
+# What README promises for a capture quieter than an idle timeout on the path.
+QUIET_CAPTURE_EXIT = 14
+QUIET_CAPTURE_WORDS = "stream"
+
+
+def _seconds(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
