@@ -6,6 +6,7 @@ stdout may carry capture bytes, so nothing here ever writes to it.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +28,14 @@ class ConsoleReporter:
         self.interactive = self.stream.isatty() and not quiet
         self._live: Any = None
         self._console: Any = None
+        # One writer: several pods are prepared in parallel threads, and each line must reach
+        # the terminal whole (print() writes the text and its newline separately).
+        self._lock = threading.RLock()
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def _rich(self) -> Any:
         if self._console is None:
@@ -39,9 +48,10 @@ class ConsoleReporter:
         if self.quiet:
             return
         if self.interactive:
-            self._rich().print(f"[dim]zsniff:[/dim] {message}")
+            with self._lock:
+                self._rich().print(f"[dim]zsniff:[/dim] {message}")
         else:
-            print(f"zsniff: {message}", file=self.stream, flush=True)
+            self._line(f"zsniff: {message}")
 
     def stats(self, packets: int, data_bytes: int, elapsed: float) -> None:
         if not self.interactive:
@@ -55,15 +65,17 @@ class ConsoleReporter:
             f"{packets:,} packets, {human_bytes(data_bytes)}, {human_bytes(rate)}/s, "
             f"{elapsed:.0f} s   (Ctrl-C stops)",
         )
-        if self._live is None:
-            self._live = Live(line, console=self._rich(), transient=True, auto_refresh=False)
-            self._live.start()
-        self._live.update(line, refresh=True)
+        with self._lock:
+            if self._live is None:
+                self._live = Live(line, console=self._rich(), transient=True, auto_refresh=False)
+                self._live.start()
+            self._live.update(line, refresh=True)
 
     def finish(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
 
     def summary(self, summary: Any, opts: Any) -> None:
         if self.quiet:
@@ -101,12 +113,13 @@ class ConsoleReporter:
         message = "; ".join(parts)
         for note in summary.notes:
             message += f"\nzsniff: {note}"
-        print(f"zsniff: {message}", file=self.stream, flush=True)
+        self._line(f"zsniff: {message}")
 
     def error(self, err: ZsniffError) -> None:
-        print(f"error: {err.message}", file=self.stream, flush=True)
-        if err.hint:
-            print(f"hint: {err.hint}", file=self.stream, flush=True)
+        with self._lock:
+            self._line(f"error: {err.message}")
+            if err.hint:
+                self._line(f"hint: {err.hint}")
 
 
 def _sink_result_text(label: str, result: Any) -> str:
