@@ -117,11 +117,7 @@ def tcpdump_failure(
         or "illegal" in lowered
         and "filter" in lowered
     ):
-        return ZsniffError(
-            f"tcpdump rejected the filter {opts.bpf_filter!r}: {_strip_prefix(text)}",
-            "check the BPF syntax (man pcap-filter); quote the filter as one argument",
-            ExitStatus.BAD_FILTER,
-        )
+        return filter_error(opts.bpf_filter, text)
     if (
         "no such device" in lowered
         or "doesn't exist" in lowered
@@ -147,7 +143,11 @@ def tcpdump_failure(
             "use an image that has sh and tcpdump (--image)",
             ExitStatus.CAPTURE_FAILED,
         )
-    return ZsniffError(f"tcpdump failed: {_strip_prefix(text)}", "", ExitStatus.CAPTURE_FAILED)
+    return ZsniffError(
+        f"tcpdump failed: {_strip_prefix(text)}",
+        "that is tcpdump's own message; check -i, -s and the filter, or try --debug",
+        ExitStatus.CAPTURE_FAILED,
+    )
 
 
 def _strip_prefix(text: str) -> str:
@@ -155,31 +155,50 @@ def _strip_prefix(text: str) -> str:
 
 
 def check_filter_locally(opts: TcpdumpOptions) -> None:
-    """Reject a bad filter before anything is injected, when a local tcpdump can compile it."""
+    """Reject a bad filter before anything is injected, when a local tcpdump can compile it.
+
+    tcpdump compiles the filter against an empty Ethernet capture (no privileges, no
+    interface). When that fails while the same run without the filter works, the filter is what
+    tcpdump rejects, whatever its wording ("syntax error", "illegal port number", "unknown
+    host"): a filter error (exit 10), never a capture failure.
+    """
     if not opts.bpf_filter:
         return
     tcpdump = shutil.which("tcpdump")
     if tcpdump is None:
         return
     with tempfile.NamedTemporaryFile(suffix=".pcap") as empty:
-        # An empty Ethernet capture lets tcpdump compile without privileges or an interface.
         empty.write(encode_pcap_header(linktype=1, snaplen=opts.snaplen))
         empty.flush()
-        try:
-            proc = subprocess.run(
-                [tcpdump, "-d", "-r", empty.name, opts.bpf_filter],
-                capture_output=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
+
+        def compile_filter(*bpf: str) -> subprocess.CompletedProcess[bytes] | None:
+            try:
+                return subprocess.run(
+                    [tcpdump, "-d", "-r", empty.name, *bpf],
+                    capture_output=True, timeout=10, check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+
+        proc = compile_filter(opts.bpf_filter)
+        if proc is None or proc.returncode == 0:
             return
-    if proc.returncode != 0:
-        report = TcpdumpReport()
-        report.feed(proc.stderr)
-        report.finish()
-        report.errors = [e for e in report.errors if not e.startswith("reading from file")]
-        raise tcpdump_failure(report, proc.returncode, opts)
+        without = compile_filter()
+    report = TcpdumpReport()
+    report.feed(proc.stderr)
+    report.finish()
+    report.errors = [e for e in report.errors if not e.startswith("reading from file")]
+    if without is not None and without.returncode == 0:
+        raise filter_error(opts.bpf_filter, " ".join(report.errors) or "rejected")
+    raise tcpdump_failure(report, proc.returncode, opts)
+
+
+def filter_error(bpf_filter: str, reason: str) -> ZsniffError:
+    return ZsniffError(
+        f"tcpdump rejected the filter {bpf_filter!r}: {_strip_prefix(reason)}",
+        "check the BPF syntax (man pcap-filter); quote the filter as one argument",
+        ExitStatus.BAD_FILTER,
+    )
 
 
 @dataclass

@@ -349,7 +349,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     zeek_dir = Path(kw["zeek_dir"]) if kw["zeek_dir"] else None
     if path is None and not (kw["wireshark"] or zeek_dir or kw["view"]):
         # Nothing asked: a pipe gets the stream, a terminal gets a file named after the pod.
-        if not sys.stdout.isatty():
+        if sys.stdout is None or not sys.stdout.isatty():
             path = Path("-")
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -483,7 +483,10 @@ def view_command(
     def action() -> int:
         from rich.console import Console
 
+        from .sinks.file import standard_output
         from .view import view_file
+
+        standard_output()  # the rows need somewhere to go
 
         # A pipe has no width: keep whole summaries rather than rich's 80 columns.
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -557,9 +560,14 @@ def hosts_command(output: str, debug: bool, **kw: Any) -> None:
     def action() -> int:
         from .offline import hosts_file_text, write_text_private
 
+        if output == "-":
+            from .sinks.file import standard_output
+
+            out = standard_output()
         text = hosts_file_text(_cluster_names(kw, reporter))
         if output == "-":
-            sys.stdout.write(text)
+            out.write(text.encode("utf-8"))
+            out.flush()
         else:
             write_text_private(Path(output), text)
             reporter.progress(f"wrote {output}: use it with tshark -H {output} -N n")

@@ -196,6 +196,7 @@ def _retry_after_seconds(exc: Any) -> float | None:
 def load_client(opts: KubeOptions) -> KubeClient:
     """Build an API client the way kubectl would: flags, then KUBECONFIG, then in-cluster."""
     try:
+        import yaml
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
     except ImportError as exc:  # pragma: no cover - a broken installation
@@ -203,6 +204,7 @@ def load_client(opts: KubeOptions) -> KubeClient:
             "the kubernetes Python package is missing", "reinstall kubectl-zsniff", ExitStatus.ERROR
         ) from exc
 
+    config_file = ""
     configuration = client.Configuration()
     # urllib3 would retry 429/503 itself, under our own retries: one policy, ours.
     configuration.retries = False
@@ -222,14 +224,7 @@ def load_client(opts: KubeOptions) -> KubeClient:
             if IN_CLUSTER_NAMESPACE_FILE.exists():
                 namespace = IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
         else:
-            config_file = kubeconfig or str(default_path)
-            for path in config_file.split(os.pathsep):
-                if path and not Path(path).expanduser().exists() and kubeconfig is not None:
-                    raise ZsniffError(
-                        f"kubeconfig file not found: {path}",
-                        "check --kubeconfig or the KUBECONFIG variable",
-                        ExitStatus.USAGE,
-                    )
+            config_file = _config_files(opts.kubeconfig, kubeconfig, default_path)
             contexts, active = config.list_kube_config_contexts(config_file=config_file)
             chosen = active
             if opts.context:
@@ -252,6 +247,8 @@ def load_client(opts: KubeOptions) -> KubeClient:
             )
     except ZsniffError:
         raise
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, config_file) from exc
     except ConfigException as exc:
         raise ZsniffError(
             f"cannot load the Kubernetes configuration: {_first_line(exc)}",
@@ -283,6 +280,46 @@ def load_client(opts: KubeOptions) -> KubeClient:
         namespace=opts.namespace or namespace or "default",
         context_name=context_name,
         request_timeout=opts.request_timeout,
+    )
+
+
+def _config_files(flag: str | None, kubeconfig: str | None, default_path: Path) -> str:
+    """The kubeconfig path list to load, as kubectl reads it: the --kubeconfig file must exist;
+    missing entries of a KUBECONFIG list are skipped, and only a list with none left fails."""
+    if flag:
+        for path in flag.split(os.pathsep):
+            if path and not Path(path).expanduser().exists():
+                raise ZsniffError(
+                    f"kubeconfig file not found: {path}",
+                    "check the path given to --kubeconfig",
+                    ExitStatus.USAGE,
+                )
+        return flag
+    if kubeconfig is None:
+        return str(default_path)
+    entries = [p for p in kubeconfig.split(os.pathsep) if p]
+    present = [p for p in entries if Path(p).expanduser().exists()]
+    if not present:
+        raise ZsniffError(
+            "no kubeconfig file of KUBECONFIG exists: " + ", ".join(entries or ["(empty)"]),
+            "check the KUBECONFIG variable (kubectl config view), or give --kubeconfig FILE",
+            ExitStatus.USAGE,
+        )
+    return os.pathsep.join(present)
+
+
+def _yaml_error(exc: Any, config_file: str) -> ZsniffError:
+    """A kubeconfig that is not valid YAML: the user's file and line, not a bug."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    name = str(getattr(mark, "name", "") or "")
+    if not name or name.startswith("<"):
+        name = config_file
+    where = f"{name}, line {mark.line + 1}" if mark is not None else name
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    return ZsniffError(
+        f"the kubeconfig is not valid YAML: {where}: {problem}",
+        "fix that line of the file (kubectl config view shows what kubectl reads)",
+        ExitStatus.USAGE,
     )
 
 

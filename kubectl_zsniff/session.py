@@ -18,6 +18,7 @@ from .kube import KubeClient, load_client
 from .names import NameBook
 from .options import CaptureOptions, OutputFormat
 from .sinks import Sink
+from .sinks.file import FileSink
 
 
 def output_format_for(path: Path | None, explicit: OutputFormat | None) -> OutputFormat:
@@ -77,6 +78,8 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None) -> list[
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()
+            if isinstance(sink, FileSink):
+                sink.discard_if_empty()
         raise
     return sinks
 
@@ -102,9 +105,11 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
             reporter.progress("names limited: not allowed to list " + ", ".join(missing))
 
     sinks: list[Sink] = []
+    file_sink: FileSink | None = None
     wrote_anything = False
     try:
         sinks = open_sinks(opts, _title(infos, target.selector), book)
+        file_sink = next((s for s in sinks if isinstance(s, FileSink)), None)
         containers = _ensure_containers(kube, targets, opts, reporter, many)
         if book is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
@@ -132,12 +137,9 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
                 sink.close()
         if book is not None:
             book.stop()
-        out = opts.output.path
-        if not wrote_anything and out is not None and not opts.output.to_stdout:
+        if not wrote_anything and file_sink is not None:
             # Nothing captured because we failed before the stream: leave no empty file.
-            with contextlib.suppress(OSError):
-                if out.exists() and out.stat().st_size == 0:
-                    out.unlink()
+            file_sink.discard_if_empty()
 
 
 def _title(infos: list[PodInfo], selector: str | None) -> str:

@@ -493,6 +493,29 @@ def _close_quietly(capture: Any) -> None:
             capture._running_processes.clear()
 
 
+def require_capture_file(path: str) -> None:
+    """Refuse, as `convert` does, a file that does not start as a pcap or pcapng capture
+    (tshark would otherwise show one bogus row for it)."""
+    from .pcap import PcapFormatError
+    from .pcapng import CapturePushParser
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+    except OSError as exc:
+        raise ZsniffError(f"cannot read {path}: {exc.strerror}", status=ExitStatus.USAGE) from exc
+    try:
+        if not head:
+            raise PcapFormatError("the file is empty")
+        list(CapturePushParser().feed(head))
+    except PcapFormatError as exc:
+        raise ZsniffError(
+            f"{path} is not a pcap or pcapng capture: {exc.message}",
+            hint="give a file written by zsniff, tcpdump -w, tshark -w or Wireshark",
+            status=ExitStatus.USAGE,
+        ) from exc
+
+
 def view_file(
     path: str,
     console: Console,
@@ -506,6 +529,7 @@ def view_file(
         raise ZsniffError(f"{path}: no such file", status=ExitStatus.USAGE)
     if hosts_file is not None and not os.path.isfile(hosts_file):
         raise ZsniffError(f"{hosts_file}: no such hosts file", status=ExitStatus.USAGE)
+    require_capture_file(path)
     if display_filter:
         check_display_filter(display_filter)
     capture = file_capture(path, display_filter, time_format, hosts_file)

@@ -16,24 +16,37 @@ from . import PipeWriter, ReaderClosed
 OWNER_ONLY = 0o600
 
 
-def open_private(path: Path, buffering: int = 1 << 20) -> BinaryIO:
-    """Create or truncate `path` with mode 0600 (also when it existed with wider permissions).
+def open_output(path: Path, buffering: int = 1 << 20) -> tuple[BinaryIO, bool]:
+    """Open `path` for writing; (file, created).
 
+    A path that does not exist is created with mode 0600 (O_EXCL: it is ours, so it may later be
+    removed). Anything already there (a file, a device such as /dev/null, a FIFO) is opened as
+    it is: truncated if it is a regular file, but its mode and its existence are never changed.
     ``buffering=0`` gives the raw file: each write is one system call, no copy on the way.
     """
+    binary = getattr(os, "O_BINARY", 0)
+    created = True
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), OWNER_ONLY
-        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | binary, OWNER_ONLY)
+        except FileExistsError:
+            created = False
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | binary)
     except OSError as exc:
         raise ZsniffError(
             f"cannot write {path}: {exc.strerror}",
             "choose another path with -w, or check the folder's permissions",
             ExitStatus.OUTPUT_ERROR,
         ) from exc
-    with contextlib.suppress(OSError, AttributeError):  # fchmod is missing on Windows
-        os.fchmod(fd, OWNER_ONLY)
-    return os.fdopen(fd, "wb", buffering=buffering)
+    if created:
+        with contextlib.suppress(OSError, AttributeError):  # fchmod is missing on Windows
+            os.fchmod(fd, OWNER_ONLY)  # whatever the umask
+    return os.fdopen(fd, "wb", buffering=buffering), created
+
+
+def open_private(path: Path, buffering: int = 1 << 20) -> BinaryIO:
+    """`open_output` without the flag: a new file is 0600, an existing one keeps its mode."""
+    return open_output(path, buffering)[0]
 
 
 class FileSink:
@@ -46,7 +59,8 @@ class FileSink:
         # received bytes. The file grows while capturing, so `tshark -r` or `tail -f` see
         # packets now, not when 1 MB or the capture ends; a buffered file flushed per frame
         # cost an extra copy of every byte into its buffer.
-        self._file: BinaryIO | None = open_private(path, buffering=0)
+        self._file: BinaryIO | None
+        self._file, self.created = open_output(path, buffering=0)
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -80,9 +94,35 @@ class FileSink:
         return self.bytes_written
 
 
+    def discard_if_empty(self) -> None:
+        """Remove the file if zsniff created it and nothing is in it. A device, a FIFO or a
+        file that was there before keeps its existence."""
+        with contextlib.suppress(Exception):
+            self.close()
+        if self.created:
+            with contextlib.suppress(OSError):
+                if self.path.is_file() and self.path.stat().st_size == 0:
+                    self.path.unlink()
+
+
 def _write_error(path: Path, exc: OSError) -> ZsniffError:
     hint = "free some space, or write elsewhere with -w" if exc.errno == errno.ENOSPC else ""
     return ZsniffError(f"writing {path} failed: {exc.strerror}", hint, ExitStatus.OUTPUT_ERROR)
+
+
+def standard_output() -> BinaryIO:
+    """The binary standard output, or the project's error when the process has none.
+
+    Started with stdout closed (`>&-`), Python sets sys.stdout to None; descriptor 1 may then be
+    reused by any file or socket opened later, so nothing may be written "to fd 1" either.
+    """
+    if sys.stdout is None or getattr(sys.stdout, "buffer", None) is None:
+        raise ZsniffError(
+            "standard output is closed: there is nowhere to write the capture",
+            "write a file with -w FILE, or give the output a reader: -w - | tshark -r -",
+            ExitStatus.OUTPUT_ERROR,
+        )
+    return sys.stdout.buffer
 
 
 class StdoutSink:
@@ -92,7 +132,7 @@ class StdoutSink:
 
     def __init__(self, fmt: str, stream: BinaryIO | None = None) -> None:
         self.fmt = fmt
-        out = stream if stream is not None else sys.stdout.buffer
+        out = stream if stream is not None else standard_output()
         if out.isatty():
             raise ZsniffError(
                 "refusing to write binary capture data to a terminal",

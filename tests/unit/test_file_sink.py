@@ -46,20 +46,92 @@ def test_each_write_is_in_the_file_at_once(tmp_path: Path) -> None:
     sink.close()
 
 
-def test_existing_file_with_wide_permissions_becomes_owner_only(tmp_path: Path) -> None:
+def test_new_file_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    out = tmp_path / "new.pcap"
+    old_umask = os.umask(0)
+    try:
+        sink = FileSink(out, "pcap")
+    finally:
+        os.umask(old_umask)
+    sink.write(b"x")
+    sink.close()
+    assert sink.created
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_existing_file_is_overwritten_but_keeps_its_mode(tmp_path: Path) -> None:
+    """Only a file zsniff created gets its mode set (issue 9, defect 11)."""
     out = tmp_path / "old.pcap"
     out.write_bytes(b"old contents that must go")
-    out.chmod(0o644)
+    out.chmod(0o640)
     sink = FileSink(out, "pcap")
     sink.write(b"new")
     sink.close()
     assert out.read_bytes() == b"new"
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert not sink.created
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    sink.discard_if_empty()
+    assert out.exists()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
-def test_full_disk_is_a_clear_output_error() -> None:
-    sink = FileSink(Path("/dev/full"), "pcap")
+def test_created_file_left_empty_is_removed(tmp_path: Path) -> None:
+    out = tmp_path / "nothing.pcapng"
+    sink = FileSink(out, "pcapng")
+    sink.discard_if_empty()
+    assert not out.exists()
+
+
+def test_existing_empty_file_is_not_removed(tmp_path: Path) -> None:
+    out = tmp_path / "was-here.pcapng"
+    out.touch()
+    sink = FileSink(out, "pcapng")
+    sink.discard_if_empty()
+    assert out.exists()
+
+
+needs_mknod = pytest.mark.skipif(os.geteuid() != 0, reason="mknod of device nodes needs root")
+
+
+def _char_device(path: Path, minor: int) -> Path:
+    """A character device node of the memory driver (1,3 null; 1,7 full), mode 0666."""
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    path.chmod(0o666)
+    return path
+
+
+@needs_mknod
+def test_device_keeps_its_mode_and_its_existence(tmp_path: Path) -> None:
+    """`-w /dev/null` as root left /dev/null 0600; a failed `-w /dev/full` removed the node."""
+    null = _char_device(tmp_path / "null", 3)
+    sink = FileSink(null, "pcap")
+    sink.write(b"x" * 1000)
+    sink.close()
+    assert stat.S_ISCHR(null.stat().st_mode)
+    assert stat.S_IMODE(null.stat().st_mode) == 0o666
+    full = _char_device(tmp_path / "full", 7)
+    sink = FileSink(full, "pcap")
+    sink.discard_if_empty()  # what a capture that wrote nothing does
+    assert stat.S_ISCHR(full.stat().st_mode)
+    assert stat.S_IMODE(full.stat().st_mode) == 0o666
+
+
+def test_fifo_keeps_its_existence(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o644)
+    fifo.chmod(0o644)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        sink = FileSink(fifo, "pcap")
+        sink.discard_if_empty()
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert stat.S_IMODE(fifo.stat().st_mode) == 0o644
+
+
+@needs_mknod
+def test_full_disk_is_a_clear_output_error(tmp_path: Path) -> None:
+    sink = FileSink(_char_device(tmp_path / "full", 7), "pcap")
     with pytest.raises(ZsniffError) as caught:
         for _ in range(100):  # the error comes back with a later write, or at close
             sink.write(b"\0" * 65536)
