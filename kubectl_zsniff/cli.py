@@ -194,6 +194,12 @@ def _kube_options(func: Any) -> Any:
     show_default=True,
     help="Refuse to capture more pods than this at once.",
 )
+@click.option(
+    "--skip-uncapturable",
+    is_flag=True,
+    help="With several pods: capture those that can be, skip (and name) those PodSecurity "
+    "forbids, instead of refusing them all.",
+)
 @click.option("-c", "--container", help="Container whose network to capture (default: first).")
 @click.option(
     "-i",
@@ -363,7 +369,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     return CaptureOptions(
         kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
         target=TargetOptions(
-            tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"]
+            tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"],
+            kw["skip_uncapturable"],
         ),
         inject=InjectOptions(
             kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])

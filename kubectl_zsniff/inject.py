@@ -192,12 +192,37 @@ def find_reusable(pod: JSON, image: str) -> str | None:
 Progress = Callable[[str], None]
 
 
+def preflight_refusal(
+    pod: JSON, level: str | None, opts: InjectOptions
+) -> ZsniffError | None:
+    """Why PodSecurity would refuse a capture container in this pod (None: it would not).
+
+    Run for every target before any pod is changed: a refusal found halfway through used to
+    leave capture containers in the pods prepared before it.
+    """
+    if find_reusable(pod, opts.image) and not opts.privileged:
+        return None
+    namespace = str(field(pod, "metadata", "namespace"))
+    if level == "restricted":
+        return restricted_error(namespace)
+    if opts.privileged and level == "baseline":
+        return ZsniffError(
+            f'namespace "{namespace}" enforces PodSecurity "baseline": '
+            "a privileged capture container is forbidden there",
+            "capture without --privileged (containerd keeps NET_RAW under baseline), or in a "
+            "namespace at the privileged level",
+            ExitStatus.POD_SECURITY,
+        )
+    return None
+
+
 def ensure_capture_container(
     kube: KubeClient,
     pod: JSON,
     target_container: str,
     opts: InjectOptions,
     progress: Progress,
+    psa_level: str | None = None,
 ) -> CaptureContainer:
     namespace = str(field(pod, "metadata", "namespace"))
     pod_name = str(field(pod, "metadata", "name"))
@@ -206,7 +231,7 @@ def ensure_capture_container(
         progress(f"reusing capture container {reusable}")
         return CaptureContainer(reusable, True, ())
 
-    level = namespace_psa_level(kube, namespace)
+    level = psa_level if psa_level is not None else namespace_psa_level(kube, namespace)
     if level == "restricted":
         raise restricted_error(namespace)
     caps = plan_capabilities(level, opts.privileged)

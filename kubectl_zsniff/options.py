@@ -39,6 +39,7 @@ class TargetOptions:
     selector: str | None = None
     all_namespaces: bool = False
     max_pods: int = 20
+    skip_uncapturable: bool = False  # capture the pods that can be, say which were skipped
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,14 @@ from typing import Any
 
 from .capture import CaptureRun, CaptureSummary, OutputPipeline, Reporter, check_filter_locally
 from .errors import ZsniffError
-from .inject import PodInfo, Target, ensure_capture_container, resolve_targets
+from .inject import (
+    PodInfo,
+    Target,
+    ensure_capture_container,
+    namespace_psa_level,
+    preflight_refusal,
+    resolve_targets,
+)
 from .kube import KubeClient, load_client
 from .names import NameBook
 from .options import CaptureOptions, OutputFormat
@@ -94,6 +101,8 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
         kube, namespace, target.pods, target.container, target.selector,
         target.all_namespaces, target.max_pods, reporter.progress,
     )
+    levels = _psa_levels(kube, targets)
+    targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]
     many = len(targets) > 1
 
@@ -110,7 +119,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
     try:
         sinks = open_sinks(opts, _title(infos, target.selector), book)
         file_sink = next((s for s in sinks if isinstance(s, FileSink)), None)
-        containers = _ensure_containers(kube, targets, opts, reporter, many)
+        containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
         if book is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
             # missed, and a failure before this point exits with no watch thread mid-request
@@ -150,9 +159,43 @@ def _title(infos: list[PodInfo], selector: str | None) -> str:
     return ", ".join(f"{i.namespace}/{i.name}" for i in infos)
 
 
+def _psa_levels(kube: KubeClient, targets: list[Target]) -> dict[str, str | None]:
+    """The enforced PodSecurity level of each target's namespace, read once per namespace."""
+    return {ns: namespace_psa_level(kube, ns) for ns in {t.info.namespace for t in targets}}
+
+
+def _preflight(
+    targets: list[Target], levels: dict[str, str | None], opts: CaptureOptions,
+    reporter: Reporter,
+) -> list[Target]:
+    """Every check that can refuse a pod, for all targets, before any pod is changed."""
+    refused = [
+        (t, err) for t in targets
+        if (err := preflight_refusal(t.pod, levels.get(t.info.namespace), opts.inject))
+    ]
+    if not refused:
+        return targets
+    kept = [t for t in targets if all(t is not r for r, _ in refused)]
+    if opts.target.skip_uncapturable and kept:
+        reporter.progress("skipping " + "; ".join(
+            f"{t.info.namespace}/{t.info.name} ({err.message})" for t, err in refused))
+        return kept
+    target, err = refused[0]
+    if len(targets) > 1:
+        names = ", ".join(f"{t.info.namespace}/{t.info.name}" for t, _ in refused)
+        raise ZsniffError(
+            f"{len(refused)} of {len(targets)} pods cannot be captured ({names}): {err.message}; "
+            "no pod was changed",
+            "add --skip-uncapturable to capture the others"
+            + (" (none would be left)" if not kept else "") + f"; or: {err.hint}",
+            err.status,
+        )
+    raise err
+
+
 def _ensure_containers(
     kube: KubeClient, targets: list[Target], opts: CaptureOptions, reporter: Reporter,
-    many: bool,
+    many: bool, levels: dict[str, str | None],
 ) -> list[str]:
     """A running capture container in every pod; several pods are prepared in parallel."""
 
@@ -160,7 +203,9 @@ def _ensure_containers(
         def progress(message: str) -> None:
             reporter.progress(f"{t.info.namespace}/{t.info.name}: {message}" if many else message)
 
-        return ensure_capture_container(kube, t.pod, t.container, opts.inject, progress).name
+        return ensure_capture_container(
+            kube, t.pod, t.container, opts.inject, progress, levels.get(t.info.namespace)
+        ).name
 
     if not many:
         return [one(targets[0])]

@@ -107,3 +107,49 @@ def test_kubeconfig_list_skips_missing_entries(
     result = subprocess.run([*ZSNIFF, quiet_pod, "-w", str(out)], capture_output=True,
                             text=True, timeout=90, env=env)
     assert_clean_error(result, 2, "KUBECONFIG", "missing2")
+
+
+RESTRICTED_OK = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _ephemeral(cluster: Any, namespace: str, pod: str) -> list[str]:
+    spec = cluster.get_pod(pod, namespace)["spec"]
+    return [c["name"] for c in spec.get("ephemeralContainers") or ()]
+
+
+def test_selector_reaching_a_restricted_pod_changes_no_pod(
+        zsniff: Zsniff, cluster: Any, tmp_path: Path) -> None:
+    """Defect 2: the other matching pods got capture containers, then exit 6. Now the
+    refusal comes before any pod is changed, and --skip-uncapturable captures the others."""
+    app = unique("mixed")
+    ok = unique("mixed-ok")
+    locked = unique("mixed-locked")
+    cluster.create_pod(ok, labels={"app": app})
+    cluster.create_pod(locked, "restricted", labels={"app": app},
+                       security_context=RESTRICTED_OK)
+    out = tmp_path / "mixed.pcapng"
+    try:
+        result = zsniff.run(["-A", "-l", f"app={app}", "-d", "1s", "-w", str(out)])
+        assert _ephemeral(cluster, "default", ok) == [], "a pod was changed before the refusal"
+        assert_clean_error(result, 6, "restricted", f"restricted/{locked}", "no pod was changed")
+        assert "--skip-uncapturable" in result.stderr
+        assert not out.exists()
+
+        result = zsniff.run(["-A", "-l", f"app={app}", "-d", "1s", "-w", str(out),
+                             "--skip-uncapturable"])
+        assert result.returncode == 0, result.stderr
+        assert f"skipping restricted/{locked}" in result.stderr
+        assert f"default/{ok}" in result.stderr
+        assert len(_ephemeral(cluster, "default", ok)) == 1
+        assert _ephemeral(cluster, "restricted", locked) == []
+        assert out.stat().st_size > 0
+        assert_no_capture_left(cluster, "default", ok)
+    finally:
+        cluster.delete_pod(ok)
+        cluster.delete_pod(locked, "restricted")
