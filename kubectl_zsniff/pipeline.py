@@ -402,8 +402,7 @@ class OutputPipeline:
             except ReaderClosed as gone:
                 if isinstance(gone, ReaderStalled):
                     self.notes.append(gone.message)
-                self.sinks.remove(sink)
-                self.closed_sinks.append(sink.label)
+                self._reader_gone(sink)
                 if not self.sinks:
                     self.stop_reason = StopReason.READER_CLOSED
                 continue
@@ -430,10 +429,19 @@ class OutputPipeline:
         for sink in list(self.sinks):
             gone = getattr(sink, "reader_gone", None)
             if gone is not None and gone():
-                self.sinks.remove(sink)
-                self.closed_sinks.append(sink.label)
+                self._reader_gone(sink)
                 if not self.sinks:
                     self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
+
+    def _reader_gone(self, sink: Sink) -> None:
+        """The sink's reader went away: closed by the user, or dead of a failure it names."""
+        self.sinks.remove(sink)
+        failure = getattr(sink, "reader_failure", None)
+        err = failure() if failure is not None else None
+        if err is not None:
+            self.failure = self.failure or err
+        else:
+            self.closed_sinks.append(sink.label)
 
     def outputs_stopping(self) -> None:
         """The capture is stopping: a sink whose reader takes nothing more may now give up.

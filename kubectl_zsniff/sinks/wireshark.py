@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from ..errors import ExitStatus, ZsniffError
 from . import PipeWriter, ReaderClosed
@@ -77,6 +81,9 @@ class WiresharkSink:
 
     def __init__(self, title: str, executable: str | None = None) -> None:
         self.argv = wireshark_argv(find_wireshark(executable), title)
+        # Its stderr is kept (an anonymous, owner-only file): when Wireshark dies, its own
+        # words say why ("could not connect to display" over SSH).
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             # Its own session: Ctrl-C in our terminal stops the capture, not the window
             # the user is reading it in.
@@ -84,15 +91,17 @@ class WiresharkSink:
                 self.argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=self._stderr,
                 start_new_session=True,
             )
         except OSError as exc:
+            self._stderr.close()
             raise ZsniffError(
                 f"cannot start Wireshark: {exc.strerror}", "", ExitStatus.TOOL_MISSING
             ) from exc
         assert self._proc is not None and self._proc.stdin is not None
         self._pipe: PipeWriter | None = PipeWriter(self._proc.stdin.fileno(), "Wireshark")
+        self._process = self._proc  # kept after the pipe is given up, for its exit status
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -117,10 +126,49 @@ class WiresharkSink:
         """Wireshark's window was closed (its process ended)."""
         return self._proc is None or self._proc.poll() is not None
 
+    def reader_failure(self) -> ZsniffError | None:
+        """Why Wireshark ended, if it failed rather than being closed by the user."""
+        proc = self._process
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+        code = proc.returncode
+        if code is None or code == 0 or -code in _CLOSED_BY_SIGNALS:
+            return None  # closed by the user (its window, a kill, the session ending)
+        reason = _stderr_reason(self._stderr)
+        exit_text = f"signal {-code}" if code < 0 else f"status {code}"
+        display = "display" in reason.lower()
+        return ZsniffError(
+            f"Wireshark failed (exit {exit_text})" + (f": {reason}" if reason else ""),
+            "Wireshark needs a display: run it where there is one (DISPLAY, WAYLAND_DISPLAY, "
+            "ssh -X), or write a file (-w FILE) and open it later"
+            if display else "run Wireshark by itself to see why, or write a file with -w FILE",
+            ExitStatus.TOOL_MISSING,
+        )
+
     def close(self) -> int:
         proc = self._proc
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 proc.stdin.close()
         self._proc = None
+        with contextlib.suppress(OSError):
+            self._stderr.close()
         return self.bytes_written
+
+
+_CLOSED_BY_SIGNALS = {int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP)}
+_LOG_PREFIX = re.compile(r"^\s*\*\*\s*\([^)]*\)\s*[\d:.]*\s*\[[^\]]*\]\s*--\s*")
+
+
+def _stderr_reason(stream: IO[bytes]) -> str:
+    """The lines of Wireshark's stderr that say what went wrong, without its log prefixes."""
+    try:
+        stream.seek(0)
+        text = stream.read()[-8192:].decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+    lines = [_LOG_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    flagged = [line for line in text.splitlines() if re.search(r"ERROR|WARNING|rror", line)]
+    chosen = [_LOG_PREFIX.sub("", line).strip() for line in flagged][:2] or lines[-1:]
+    return "; ".join(chosen)[:300]

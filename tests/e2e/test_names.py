@@ -6,30 +6,24 @@ tshark reading the file in one pass (as `tshark -r` and a live Wireshark do).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import ZSNIFF
+from tests.e2e.test_outputs import env_for
+
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 
 
-def zsniff_argv() -> list[str]:
-    exe = shutil.which("kubectl-zsniff")
-    if exe:
-        return [exe]
-    return [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()"]
-
-
 def start_capture(cluster: Any, home: Path, out: Path, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, HOME=str(home), KUBECONFIG=str(cluster.kubeconfig))
+    env = env_for(home, cluster.kubeconfig)
     proc = subprocess.Popen(
-        [*zsniff_argv(), *args, "-w", str(out), "--image", "busybox"],
+        [*ZSNIFF, *args, "-w", str(out), "--image", "busybox"],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert proc.stderr is not None

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 
 from tests.connect_proxy import ConnectProxy
+from tests.e2e.conftest import ZSNIFF, zsniff_env
 from tests.shared_data import ZEEK_DATA
 
-EXE = shutil.which("kubectl-zsniff")
-ZSNIFF = [EXE] if EXE else [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()"]
 needs_ping = pytest.mark.skipif(shutil.which("ping") is None, reason="ping not installed")
 
 
 def env_for(home: Path, kubeconfig: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(HOME=str(home), KUBECONFIG=str(kubeconfig))
+    """This checkout's CLI (conftest's ZSNIFF and PYTHONPATH) with the kubeconfig in KUBECONFIG."""
+    env = zsniff_env(home)
+    env["KUBECONFIG"] = str(kubeconfig)
     return env
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_outputs import ZSNIFF, env_for, ping, wait_for_listening
+from tests.e2e.conftest import ZSNIFF, assert_clean_error, assert_no_capture_left
+from tests.e2e.test_outputs import env_for, ping, wait_for_listening
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("wireshark") is None, reason="wireshark not installed"),
@@ -89,3 +90,24 @@ def test_live_wireshark_then_closing_it_stops_the_capture(
         time.sleep(0.2)
     cluster.delete_pod("ws-client")
     cluster.delete_pod("ws-web")
+
+
+def test_wireshark_that_cannot_start_says_why(
+    cluster: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """Issue 9, defect 4: no display (as over SSH) gave "closed by the reader: Wireshark",
+    exit 17, with Wireshark's own reason sent to /dev/null."""
+    cluster.create_pod("ws-nodisplay", command=["sleep", "3600"])
+    env = env_for(kube_home, cluster.kubeconfig)
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        env.pop(name, None)
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    try:
+        result = subprocess.run(
+            [*ZSNIFF, "ws-nodisplay", "--wireshark", "--image", "busybox", "-d", "60s"],
+            env=env, capture_output=True, text=True, timeout=90)
+        assert_clean_error(result, 15, "Wireshark failed", "display")
+        assert "closed by the reader" not in result.stderr
+        assert_no_capture_left(cluster, "default", "ws-nodisplay")
+    finally:
+        cluster.delete_pod("ws-nodisplay")

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import ZSNIFF
+from tests.e2e.test_outputs import env_for
 from tests.shared_data import ZEEK_DATA
 
 STAND_IN_ZEEK = textwrap.dedent("""\
@@ -66,11 +68,10 @@ def test_zeek_on_live_capture_with_stand_in_zeek_program(
     cluster.create_pod("zeek-client", command=["sleep", "3600"])
     web_ip = cluster.pod_ip("default", "zeek-web")
     logs = tmp_path / "logs"
-    env = dict(os.environ, HOME=str(kube_home), KUBECONFIG=str(cluster.kubeconfig),
-               PATH=f"{bindir}:{os.environ['PATH']}")
-    exe = shutil.which("kubectl-zsniff") or "kubectl-zsniff"
+    env = env_for(kube_home, cluster.kubeconfig)
+    env["PATH"] = f"{bindir}:{os.environ['PATH']}"
     capture = subprocess.Popen(
-        [exe, "zeek-web", "--zeek", str(logs), "--image", "busybox", "icmp"],
+        [*ZSNIFF, "zeek-web", "--zeek", str(logs), "--image", "busybox", "icmp"],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert capture.stderr is not None
