@@ -310,7 +310,8 @@ def capture_command(**kw: Any) -> None:
     """Capture the traffic of POD (or pod/POD) into a pcapng file, stdout, Wireshark, Zeek or
     the terminal. Pod, service and node addresses appear as their names."""
     opts = build_capture_options(**kw)
-    reporter = _make_reporter(kw["quiet"])
+    # The terminal view prints rows on the same terminal: no live status line over them.
+    reporter = _make_reporter(kw["quiet"], live=not opts.output.view)
     status = _run(lambda: _capture(opts, reporter), kw["debug"], reporter)
     sys.exit(status)
 
@@ -403,10 +404,10 @@ def _capture(opts: CaptureOptions, reporter: Any) -> int:
     return int(summary.exit_status)
 
 
-def _make_reporter(quiet: bool) -> Any:
+def _make_reporter(quiet: bool, live: bool = True) -> Any:
     from .console import ConsoleReporter
 
-    return ConsoleReporter(quiet=quiet)
+    return ConsoleReporter(quiet=quiet, live=live)
 
 
 def _run(action: Any, debug: bool, reporter: Any) -> int:

@@ -22,10 +22,15 @@ def human_bytes(n: float) -> str:
 
 
 class ConsoleReporter:
-    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None,
+                 live: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.interactive = self.stream.isatty() and not quiet
+        # The live status line redraws itself in place: only when nothing else writes to the
+        # terminal meanwhile. The terminal view's rows come from another process (on stdout),
+        # which the redraw cannot know of, and would glue onto it.
+        self.live = live
         self._live: Any = None
         self._console: Any = None
         # One writer: several pods are prepared in parallel threads, and each line must reach
@@ -54,7 +59,7 @@ class ConsoleReporter:
             self._line(f"zsniff: {message}")
 
     def stats(self, packets: int, data_bytes: int, elapsed: float) -> None:
-        if not self.interactive:
+        if not self.interactive or not self.live:
             return
         from rich.live import Live
         from rich.text import Text

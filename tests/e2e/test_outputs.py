@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -224,3 +225,51 @@ def test_live_status_line_on_a_terminal(cluster: Any, pods: Any, kube_home: Path
     assert proc.returncode == 0, text
     assert "capturing" in text and "packets" in text and "/s" in text
     assert "8 packets" in text  # the summary after the status line
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_terminal_view_rows_never_glue_onto_the_status_line(
+    cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """Issue 9, defect 1: with --view the live status line (stderr) was not cleared before a
+    row (stdout, the view child) was printed: rows glued onto it on the screen."""
+    web_ip, _ = pods
+    env = env_for(kube_home, cluster.kubeconfig)
+    script = tmp_path / "run.sh"
+    done = tmp_path / "status"
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
+                      if k.isidentifier())
+    command = shlex.join([*ZSNIFF, "out-web", "--view", "-d", "10s", "--image", "busybox",
+                          "icmp"])
+    script.write_text(f"{exports}{command}\necho $? > {shlex.quote(str(done))}\nsleep 60\n")
+    tmux = ["tmux", "-L", f"zsniff-test-{os.getpid()}"]
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "view"], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    subprocess.run([*tmux, "new-session", "-d", "-s", "view", "-x", "160", "-y", "50",
+                    f"sh {shlex.quote(str(script))}"], check=True, timeout=10)
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on" not in screen():
+            assert time.monotonic() < deadline, screen()
+            time.sleep(0.2)
+        ping(cluster, "out-client", web_ip)
+        ping(cluster, "out-client", web_ip)
+        seen: list[str] = []
+        while not done.exists():
+            assert time.monotonic() < deadline + 30, screen()
+            seen.append(screen())  # every refresh, not only the last screen
+            time.sleep(0.3)
+        seen.append(screen())
+    finally:
+        subprocess.run([*tmux, "kill-server"], timeout=10, check=False)
+    assert done.read_text().strip() == "0", seen[-1]
+    rows = [line for line in seen[-1].splitlines() if "→" in line]
+    assert len(rows) == 16, seen[-1]  # 2 x (4 requests, 4 replies)
+    for shown in seen:
+        for line in shown.splitlines():
+            if "→" in line or "ICMP" in line:
+                assert "capturing" not in line and "Ctrl-C" not in line, shown
+                assert "default/out-client" in line or "default/out-web" in line, shown
