@@ -29,6 +29,7 @@ __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "Stop
            "TcpdumpReport", "check_filter_locally", "tcpdump_failure"]
 
 STOP_GRACE_SECONDS = 10.0
+SLOW_STOP_SECONDS = 1.0  # a stop step taking longer than this is announced
 STATS_INTERVAL = 0.25
 
 
@@ -213,6 +214,7 @@ class PodCapture:
     error: ZsniffError | None = None
     lost: bool = False
     finished_by_itself: bool = False
+    given_up: bool = False  # a second Ctrl-C: the stop was not waited for
     notes: list[str] = field(default_factory=list)
 
 
@@ -256,6 +258,7 @@ class PodStream:
         limits: CaptureLimits,
         reporter: Reporter,
         stop: asyncio.Event,
+        give_up: asyncio.Event | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.lane = lane
@@ -265,6 +268,9 @@ class PodStream:
         self.limits = limits
         self.reporter = reporter
         self.stop = stop
+        # Set by a second Ctrl-C: stop waiting for tcpdump (or a hung API server) at once.
+        self.give_up = give_up or asyncio.Event()
+        self.given_up = False
         self.report = TcpdumpReport()
         self.first_packet_at: float | None = None
         self.container_gone = False
@@ -321,13 +327,23 @@ class PodStream:
                     result.lost = True
             else:  # the reader thread is still stuck: the stream is abandoned, not awaited
                 run_task.cancel()
-                result.notes.append("the stream did not end after the stop; it was dropped")
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({run_task}, timeout=1.0)
+                if not self.given_up:
+                    result.notes.append("the stream did not end after the stop; it was dropped")
         finally:
             stop_task.cancel()
-            await self.session.close()
+            if not self.given_up:
+                await self.session.close()
         self.report.finish()
         result.packets = lane.packets
-        result.remote_stopped = await self._verify_stopped(result.notes)
+        if self.given_up:
+            result.notes.append("stopped waiting (Ctrl-C again): tcpdump was not checked")
+            result.remote_stopped = None
+        else:
+            result.remote_stopped = await self._until_given_up(
+                self._verify_stopped(result.notes), "checking that tcpdump stopped")
+        result.given_up = self.given_up
         if result.lost and not stop.is_set():
             result.error = ZsniffError(
                 f"lost the connection to the API server after {pipeline.packets} packets"
@@ -352,20 +368,50 @@ class PodStream:
             result.error = tcpdump_failure(self.report, exec_result.exit_code, self.tcpdump)
         return result
 
+    def _who(self) -> str:
+        return f"{self.pod.namespace}/{self.pod.name}: " if self.many else ""
+
+    async def _until_given_up(self, work: Any, what: str) -> Any:
+        """Await `work`; say after a second what is being waited for; a second Ctrl-C
+        (give_up) abandons it and returns None."""
+        task = asyncio.ensure_future(work)
+        give_up = asyncio.create_task(self.give_up.wait())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=SLOW_STOP_SECONDS)
+            if not done:
+                self.reporter.progress(
+                    f"{self._who()}{what} (the API server is slow to answer; "
+                    "Ctrl-C again to stop waiting)")
+                await asyncio.wait({task, give_up}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            self.given_up = True
+            task.cancel()
+            return None
+        finally:
+            give_up.cancel()
+
     async def _stop_remote(self, run_task: asyncio.Task[Any], notes: list[str]) -> None:
         """Ask tcpdump to stop and keep reading until it has flushed everything."""
         self.lane.pipeline.outputs_stopping()
-        try:
-            closed = await self.session.close_stdin()
-        except Exception:
-            closed = False
-        if not closed and self.report.pid is not None:
-            await self._kill("TERM")
-        done, _ = await asyncio.wait({run_task}, timeout=STOP_GRACE_SECONDS)
-        if not done:
-            notes.append("tcpdump did not stop within the grace period; it was killed")
-            await self.session.close()
-            await asyncio.wait({run_task}, timeout=STOP_GRACE_SECONDS)
+
+        async def stop_and_drain() -> None:
+            try:
+                closed = await self.session.close_stdin()
+            except Exception:
+                closed = False
+            if not closed and self.report.pid is not None:
+                await self._kill("TERM")
+            done, _ = await asyncio.wait({run_task}, timeout=STOP_GRACE_SECONDS)
+            if not done:
+                notes.append("tcpdump did not stop within the grace period; it was killed")
+                await self.session.close()
+                await asyncio.wait({run_task}, timeout=STOP_GRACE_SECONDS)
+
+        await self._until_given_up(
+            stop_and_drain(),
+            f"waiting up to {STOP_GRACE_SECONDS:g} s for tcpdump to stop and its last packets",
+        )
 
     async def _in_container(self, script: str, *args: str) -> int:
         # The shell's builtin kill: images need not ship a kill binary.
@@ -420,9 +466,11 @@ class CaptureRun:
         self.limits = limits
         self.reporter = reporter
         self._stop = asyncio.Event()
+        self._give_up = asyncio.Event()
         self._signal_reason: StopReason | None = None
+        self._signals = 0
         self.streams = [
-            PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop)
+            PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop, self._give_up)
             for lane in pipeline.lanes
         ]
         for stream in self.streams:
@@ -432,6 +480,13 @@ class CaptureRun:
         if self._signal_reason is None:
             self._signal_reason = reason
         self._stop.set()
+
+    def _on_signal(self, reason: StopReason) -> None:
+        self._signals += 1
+        if self._signals > 1 and not self._give_up.is_set():
+            self.reporter.progress("not waiting any longer")
+            self._give_up.set()
+        self.request_stop(reason)
 
     async def _connect_all(self) -> None:
         connected: list[PodStream] = []
@@ -457,7 +512,7 @@ class CaptureRun:
             (signal.SIGTERM, StopReason.TERMINATED),
         ):
             try:
-                loop.add_signal_handler(signum, self.request_stop, signal_reason)
+                loop.add_signal_handler(signum, self._on_signal, signal_reason)
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):  # Windows
                 pass
@@ -493,6 +548,8 @@ class CaptureRun:
         if reason is None:
             reason = StopReason.STREAM_LOST if lost else StopReason.FINISHED
         error = pipeline.failure or next((p.error for p in pods if p.error is not None), None)
+        if error is None:
+            error = self._left_behind(pods, reason)
         notes = list(pipeline.notes)
         for p in pods:
             prefix = f"{p.pod.namespace}/{p.pod.name}: " if len(pods) > 1 else ""
@@ -512,6 +569,26 @@ class CaptureRun:
             notes=notes,
             sink_results=[],
             error=error,
+        )
+
+    def _left_behind(self, pods: list[PodCapture], reason: StopReason) -> ZsniffError | None:
+        """The last word when tcpdump may still run in a pod after we stopped it."""
+        unsure = [p for p in pods if not p.finished_by_itself and not p.lost
+                  and p.remote_stopped is not True and p.report.pid is not None]
+        if not unsure:
+            return None
+        where = ", ".join(f"{p.pod.namespace}/{p.pod.name} (container {p.container})"
+                          for p in unsure)
+        why = ("you stopped waiting" if any(p.given_up for p in unsure)
+               else "the API server did not confirm it")
+        first = unsure[0]
+        return ZsniffError(
+            f"tcpdump may still run in {where}: {why}",
+            "it stops once the API server drops the exec connection (its stdin closes); the "
+            f"capture container then exits after --idle-lifetime. Check with: kubectl get pod "
+            f"{first.pod.name} -n {first.pod.namespace} -o jsonpath="
+            "'{.status.ephemeralContainerStatuses}'",
+            EXIT_FOR_REASON[reason],
         )
 
     async def _report_stats(self, started: float) -> None:

@@ -1026,7 +1026,9 @@ class ExecSession:
         reader.cancel()
 
     async def _all(self, pumps: list[asyncio.Task[None]], exit_task: asyncio.Task[int]) -> None:
-        await asyncio.gather(*pumps, exit_task)
+        # Shielded: cancelling this wait (the client went away) must not cancel the reaping of
+        # the process, or it stays a zombie that `kill -0` still finds, like a live process.
+        await asyncio.gather(*pumps, asyncio.shield(exit_task))
 
     async def _status(self, st: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

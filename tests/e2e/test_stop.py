@@ -150,3 +150,42 @@ def test_lost_stream_keeps_every_whole_packet_before_the_cut(
     following = theirs[start + len(mine)]
     assert kept <= cut < kept + 16 + following.caplen, (kept, cut, following.caplen)
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
+
+
+def test_ctrl_c_with_a_hung_api_server_says_what_it_waits_for(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """Issue 9, defect 3: with the API server stopped, Ctrl-C gave ~30 s of silence, ignored a
+    second Ctrl-C, and ended with notes and no `error:` line. Now zsniff says at once what it
+    waits for, a second Ctrl-C stops the waiting, and the last line says what may be left."""
+    out = tmp_path / "hung.pcapng"
+    proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out)], text=True)
+    server = pair.cluster.server_pid
+    try:
+        wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)
+        os.kill(server, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 5
+        said = ""
+        while "Ctrl-C again" not in said:
+            assert time.monotonic() < deadline, f"nothing said within 5 s: {said!r}"
+            said += proc.stderr.readline()
+        assert "waiting" in said and "tcpdump" in said, said
+        second = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=15)
+        assert time.monotonic() - second < 5, "the second Ctrl-C did not stop the waiting"
+    finally:
+        os.kill(server, signal.SIGCONT)
+        stop_process(proc, signal.SIGKILL)
+    err = said + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "tcpdump may still run" in errors[0], err
+    assert pair.web in errors[0]
+    assert any(line.startswith("hint: ") and "idle-lifetime" in line
+               for line in err.splitlines()), err
+    capinfos_ok(out)  # what arrived is a valid file
+    # Once the server runs again it drops the exec connection: tcpdump's stdin closes.
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web, timeout=30)
