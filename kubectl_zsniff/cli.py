@@ -342,6 +342,14 @@ def split_targets(words: list[str], selector: str | None) -> tuple[list[str], li
 
 
 def build_capture_options(**kw: Any) -> CaptureOptions:
+    # Zero is no limit for none of them (--count 0 is refused by its type): leave a limit out
+    # for no limit, rather than `-d 0` capturing forever and `--max-size 0` writing nothing.
+    if kw["duration"] is not None and kw["duration"] <= 0:
+        raise click.BadParameter("must be more than 0 (leave it out for no limit)",
+                                 param_hint="'-d' / '--duration'")
+    if kw["max_size"] is not None and kw["max_size"] <= 0:
+        raise click.BadParameter("must be more than 0 (leave it out for no limit)",
+                                 param_hint="'--max-size'")
     pods, filter_words = split_targets(list(kw["words"]), kw["selector"])
     if kw["all_namespaces"] and not kw["selector"]:
         raise click.UsageError("-A/--all-namespaces goes with -l/--selector")
@@ -640,7 +648,9 @@ def _is_capture(path: str) -> bool:
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as exc:
-        raise ZsniffError(f"cannot read {path}: {exc.strerror}", "", ExitStatus.USAGE) from exc
+        raise ZsniffError(f"cannot read {path}: {exc.strerror}",
+                          "check the path given to --names-from",
+                          ExitStatus.USAGE) from exc
     return magic in (
         b"\x0a\x0d\x0d\x0a",
         b"\xd4\xc3\xb2\xa1",
@@ -656,18 +666,71 @@ def _read_hosts(path: str) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ZsniffError(f"cannot read {path}: {exc.strerror}", "", ExitStatus.USAGE) from exc
-    for line in text.splitlines():
+        raise ZsniffError(f"cannot read {path}: {exc.strerror}",
+                          "check the path given to --names-from",
+                          ExitStatus.USAGE) from exc
+    import ipaddress
+
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
-        if len(fields) >= 2:
-            names[fields[0]] = fields[1]
+        if not fields:
+            continue
+        try:
+            address = str(ipaddress.ip_address(fields[0]))
+        except ValueError:
+            address = ""
+        if len(fields) < 2 or not address:
+            raise ZsniffError(
+                f"{path}, line {number}, is not a hosts entry (`IP NAME`): {line.strip()[:80]!r}",
+                "give a hosts file (kubectl zsniff hosts -o FILE writes one) or a zsniff pcapng",
+                ExitStatus.USAGE,
+            )
+        names[address] = fields[1]
+    if not names:
+        raise ZsniffError(
+            f"{path} holds no names",
+            "give a hosts file (kubectl zsniff hosts -o FILE writes one) or a zsniff pcapng",
+            ExitStatus.USAGE,
+        )
     return names
+
+
+# ksniff's flags that mean something else (or nothing) here: what to use instead.
+KSNIFF_FLAGS = {
+    "-o": "ksniff's -o FILE is -w FILE here (-o is kubectl's output format flag)",
+    "-v": "ksniff's -v is --debug here (-v is a verbosity level in kubectl)",
+    "-p": "ksniff's -p (a privileged pod on the node) is not needed: zsniff injects an "
+          "ephemeral container; --privileged makes that container privileged",
+    "-x": "ksniff's -x CONTEXT is --context CONTEXT here (kubectl's name)",
+}
+
+
+def usage_hint(exc: click.ClickException) -> str:
+    """The hint line of a usage error: a ksniff flag's replacement, else where help is."""
+    option = getattr(exc, "option_name", None)
+    if isinstance(exc, click.NoSuchOption) and option in KSNIFF_FLAGS:
+        return KSNIFF_FLAGS[option]
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else _prog_name()
+    return f"see: {path} --help"
+
+
+def _click_error(exc: click.ClickException) -> int:
+    """Usage errors in the project's form: one `error:` line and a `hint:` line, exit 2."""
+    print(f"error: {exc.format_message()}", file=sys.stderr, flush=True)
+    print(f"hint: {usage_hint(exc)}", file=sys.stderr, flush=True)
+    return int(exc.exit_code)
 
 
 def main() -> None:
     status: int = 0
     try:
-        cli(prog_name=_prog_name())
+        result = cli(prog_name=_prog_name(), standalone_mode=False)
+        status = result if isinstance(result, int) else 0
+    except click.ClickException as exc:
+        status = _click_error(exc)
+    except click.exceptions.Abort:
+        status = int(ExitStatus.INTERRUPTED)
     except BrokenPipeError:
         # A broken stdout pipe ends the capture cleanly; Python must not print its own error.
         status = int(ExitStatus.READER_CLOSED)

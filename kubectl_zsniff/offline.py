@@ -5,6 +5,7 @@ Pure over files: no cluster access here (the caller passes the names it loaded).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .pcapng import (
     read_capture,
     section_header_block,
 )
-from .sinks.file import open_private
+from .sinks.file import open_output, open_private
 
 
 @dataclass
@@ -55,9 +56,13 @@ def convert_capture(
     kept_names = 0
     interface_map: dict[tuple[int, int], int] = {}
     section = -1
+    if not source.exists():
+        raise ZsniffError(f"{source}: no such file", "check the path of the capture to convert",
+                          ExitStatus.USAGE)
+    output, created = open_output(destination)
     try:
         events = read_capture(str(source))
-        with open_private(destination) as out:
+        with output as out:
             out.write(section_header_block(comment, userappl=f"kubectl-zsniff {__version__}"))
             entries = sorted((ip, [name]) for ip, name in names.items())
             if entries:
@@ -84,12 +89,14 @@ def convert_capture(
                         event.comment,
                     ))
                     packets += 1
-    except FileNotFoundError as exc:
-        raise ZsniffError(f"{source}: no such file", "", ExitStatus.USAGE) from exc
     except PcapFormatError as exc:
+        if created:  # a half-written file of ours is not left behind; one that was there stays
+            with contextlib.suppress(OSError):
+                destination.unlink()
         raise ZsniffError(
             f"{source} is not a pcap or pcapng capture: {exc.message}",
-            "", ExitStatus.USAGE,
+            "give a file written by zsniff, ksniff, tcpdump -w, tshark -w or Wireshark",
+            ExitStatus.USAGE,
         ) from exc
     return ConvertSummary(packets, len(interface_map), len(names), kept_names)
 
@@ -146,10 +153,12 @@ def names_from_capture(path: Path) -> NameBook:
                     book.record(ip, _parse_name(name), last_ts)
                 pending = []
     except FileNotFoundError as exc:
-        raise ZsniffError(f"{path}: no such file", "", ExitStatus.USAGE) from exc
+        raise ZsniffError(f"{path}: no such file", "check the path given to --names-from",
+                          ExitStatus.USAGE) from exc
     except PcapFormatError as exc:
         raise ZsniffError(
-            f"{path} is not a capture: {exc.message}", "", ExitStatus.USAGE
+            f"{path} is not a capture: {exc.message}",
+            "give a zsniff pcapng or a hosts file (IP NAME per line)", ExitStatus.USAGE
         ) from exc
     for ip, name in pending:
         book.record(ip, _parse_name(name), last_ts)

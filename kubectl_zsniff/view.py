@@ -526,9 +526,11 @@ def view_file(
 ) -> int:
     """Render a saved pcap/pcapng (names from its NRBs, plus hosts_file); return rows printed."""
     if not os.path.isfile(path):
-        raise ZsniffError(f"{path}: no such file", status=ExitStatus.USAGE)
+        raise ZsniffError(f"{path}: no such file", "check the path of the capture",
+                          status=ExitStatus.USAGE)
     if hosts_file is not None and not os.path.isfile(hosts_file):
-        raise ZsniffError(f"{hosts_file}: no such hosts file", status=ExitStatus.USAGE)
+        raise ZsniffError(f"{hosts_file}: no such hosts file", "check the path given to -H",
+                          status=ExitStatus.USAGE)
     require_capture_file(path)
     if display_filter:
         check_display_filter(display_filter)
