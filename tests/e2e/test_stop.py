@@ -189,3 +189,26 @@ def test_ctrl_c_with_a_hung_api_server_says_what_it_waits_for(
     capinfos_ok(out)  # what arrived is a valid file
     # Once the server runs again it drops the exec connection: tcpdump's stdin closes.
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web, timeout=30)
+
+
+def test_a_tcpdump_that_ignores_the_stop_is_found_and_killed(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """The stop is verified with `kill -0`, and a tcpdump still there is killed: a frozen
+    (SIGSTOPped) tcpdump in the pod survives the stdin close and SIGTERM; only the
+    verification's SIGKILL ends it. A no-op verification leaves it there, which this catches."""
+    out = tmp_path / "frozen.pcapng"
+    proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out)], text=True)
+    try:
+        pids = wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "tcpdump did not stop within the grace period; it was killed" in err
+    assert "tcpdump stopped in the pod (verified)" in err
+    assert "error:" not in err, err
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web, timeout=5)
+    capinfos_ok(out)
