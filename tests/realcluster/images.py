@@ -53,9 +53,9 @@ def specs() -> list[ImageSpec]:
         ImageSpec((TOOLS,), ("/usr/bin/socat", "/usr/bin/curl"), extra_files=etc),
         ImageSpec((CAPTURE, ZSNIFF_DEFAULT_IMAGE, E2E_CAPTURE_ALIAS), ("/usr/bin/tcpdump",),
                   extra_files=etc),
-        # No shell and no tcpdump: only one static program that is not a shell by its name.
-        ImageSpec((DISTROLESS,), (), busybox_applets=False,
-                  command=("/app", "sleep", "2147483647")),
+        # No shell and no tcpdump: one static program, busybox named /sleep (busybox acts as
+        # the applet its file is named after, so this one can only sleep).
+        ImageSpec((DISTROLESS,), (), busybox_applets=False, command=("/sleep", "2147483647")),
     ]
 
 
@@ -77,7 +77,7 @@ def _members(spec: ImageSpec) -> list[tuple[str, str | bytes, int, str | None]]:
                       "root", "var", "var/run"):
         members[directory] = (b"", 0o1777 if directory == "tmp" else 0o755, "dir")
     if spec.tags[0] == DISTROLESS:
-        members["app"] = (BUSYBOX, 0o755, None)
+        members["sleep"] = (BUSYBOX, 0o755, None)
     elif spec.tags[0] == PAUSE or spec.busybox_applets:
         members["bin/busybox"] = (BUSYBOX, 0o755, None)
     if spec.busybox_applets:
