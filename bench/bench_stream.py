@@ -397,7 +397,10 @@ def start_cluster(kind: str, state: Path) -> tuple[Any, Any]:
         from tests.realcluster import cluster as real
         from tests.realcluster.handle import RealClusterHandle
 
-        real.up(state)
+        # In a child process: up() builds the images in memory, and a forked child's peak
+        # RSS (ru_maxrss) starts from its parent's, which would blur every client's figure.
+        subprocess.run([sys.executable, "-m", "tests.realcluster", "up", "--state", str(state)],
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         return RealClusterHandle(state), real.down
     from tests.cluster import __main__ as ctl
     from tests.cluster.handle import ClusterHandle

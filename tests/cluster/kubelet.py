@@ -83,7 +83,8 @@ class Kubelet:
         self.log_dir = log_dir
         self.pods: dict[tuple[str, str], PodRun] = {}
         # Indices (hence addresses) in use, including pods still being torn down. A new pod
-        # takes the lowest free one: freed pod IPs are reused, as CNI IPAMs do.
+        # takes the lowest free one: freed pod IPs are reused at once (host-local, the reference
+        # CNI IPAM, goes round-robin instead, so the real cluster steers it in tests).
         self._used_indices: set[int] = set()
         self._next_node = 0
         self.pull_delay = 0.0

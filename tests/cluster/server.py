@@ -47,7 +47,11 @@ KINDS = {"pods": "Pod", "services": "Service", "nodes": "Node", "namespaces": "N
 CLUSTER_SCOPED = {"nodes", "namespaces"}
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
-CHUNK = 256 * 1024
+# Exec output goes out in messages of at most 4 KiB, as a real kube-apiserver sends it: 200 MB
+# of `cat` through Kubernetes v1.34.4 + containerd 1.6 came as 35,766 messages, median 4096
+# bytes, mean 5.6 kB, 4% of them 32 KiB. (It used to be 256 KiB here, which made a client's
+# cost per message look 16x smaller than it is against a real cluster.)
+CHUNK = 4096
 F_SETPIPE_SZ = 1031
 
 

@@ -92,9 +92,10 @@ def test_reused_address_names_each_packet_by_its_owner_then(cluster: Any, kube_h
     try:
         ping(cluster, "default", "reuse-old", web_ip)
         cluster.delete_pod("reuse-old")
+        # A busy node hands a freed address to a later pod; the test makes it the next one
+        # (the double does by itself, host-local on the real cluster is steered).
         cluster.steer_next_ip(old_ip)
         cluster.create_pod("reuse-heir", command=["sleep", "3600"])
-        # The cluster's IPAM hands the freed address to the next pod, as real CNIs do.
         assert cluster.pod_ip("default", "reuse-heir") == old_ip
         ping(cluster, "default", "reuse-heir", web_ip)
     finally:

@@ -70,7 +70,7 @@ def version_ldflags(version: str) -> str:
 
 def _go_build(module_dir: Path, out: Path, packages: list[str], ldflags: str,
               log: Path) -> None:
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod -buildvcs=false")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     env.setdefault("GOTOOLCHAIN", "local")
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
