@@ -231,6 +231,10 @@ class ClusterHandle:
     def set_ephemeral_supported(self, supported: bool) -> None:
         self._settings(ephemeral_supported=supported)
 
+    def set_exec_v5(self, supported: bool) -> None:
+        """False: exec offers only v4.channel.k8s.io (no stdin close), as before 1.29."""
+        self._settings(exec_v5=supported)
+
     def set_pull_delay(self, seconds: float) -> None:
         self._settings(pull_delay=seconds)
 
@@ -244,7 +248,8 @@ class ClusterHandle:
     def reset(self) -> None:
         """Back to defaults: no faults, ephemeral containers on, no pull delay, containerd."""
         self.clear_faults()
-        self._settings(ephemeral_supported=True, pull_delay=0, runtime="containerd")
+        self._settings(ephemeral_supported=True, exec_v5=True, pull_delay=0,
+                       runtime="containerd")
 
     # ---- helpers for tests ----------------------------------------------------------------
 

@@ -230,6 +230,8 @@ class Api:
         self.kubelet = Kubelet(self.store, self.net, log_dir)
         self.faults = Faults()
         self.ephemeral_supported = True
+        # False: the exec websocket offers only v4.channel.k8s.io, as before Kubernetes 1.29.
+        self.exec_v5 = True
         self.tokens = self._read_tokens()
         self._svc_next = 10
 
@@ -876,7 +878,9 @@ class Api:
             # SPDY (kubectl <= 1.29 default, or the fallback of newer ones) is not modelled.
             raise ApiError(400, "BadRequest", "Upgrade request required (the zsniff test cluster "
                            "speaks only the websocket v5/v4.channel.k8s.io protocols)", {})
-        ws = web.WebSocketResponse(protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
+        protocols = ("v5.channel.k8s.io", "v4.channel.k8s.io") if self.exec_v5 else (
+            "v4.channel.k8s.io",)
+        ws = web.WebSocketResponse(protocols=protocols,
                                    compress=False, max_msg_size=0, autoping=True)
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "BadRequest", "unsupported exec subprotocol; offer "
@@ -894,7 +898,7 @@ class Api:
     async def ctl_get(self, request: web.Request) -> web.Response:
         return web.json_response({
             "prefix": self.prefix, "node_netns": self.net.node_ns,
-            "ephemeral_supported": self.ephemeral_supported,
+            "ephemeral_supported": self.ephemeral_supported, "exec_v5": self.exec_v5,
             "pull_delay": self.kubelet.pull_delay, "runtime": self.kubelet.runtime_name,
             "default_caps": list(self.kubelet.default_caps), "faults": self.faults.__dict__})
 
@@ -902,6 +906,8 @@ class Api:
         body = await request.json()
         if "ephemeral_supported" in body:
             self.ephemeral_supported = bool(body["ephemeral_supported"])
+        if "exec_v5" in body:
+            self.exec_v5 = bool(body["exec_v5"])
         if "pull_delay" in body:
             self.kubelet.pull_delay = float(body["pull_delay"])
         if "runtime" in body:

@@ -212,3 +212,38 @@ def test_a_tcpdump_that_ignores_the_stop_is_found_and_killed(
     assert "error:" not in err, err
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web, timeout=5)
     capinfos_ok(out)
+
+
+@pytest.mark.double_only  # the real cluster's version decides the protocol, not the test
+def test_stop_on_a_server_without_v5_ends_tcpdump_by_signal(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """Before Kubernetes 1.29 the exec websocket is v4.channel.k8s.io, which cannot close
+    stdin: the stop must SIGTERM tcpdump in the pod (not wait out the grace period and kill
+    the stream), and still end on tcpdump's last whole packet."""
+    out = tmp_path / "v4.pcapng"
+    pair.cluster.set_exec_v5(False)
+    traffic = pair.traffic(udp=1, icmp=1, seconds=60, pause=0.05)
+    try:
+        assert pair.cluster.state()["exec_v5"] is False
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out)])
+        try:
+            wait_capture_live(pair.cluster, pair.namespace, pair.web, proc=proc)
+            time.sleep(1.0)
+            asked = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            took = time.monotonic() - asked
+        finally:
+            stop_process(proc)
+    finally:
+        stop_process(traffic)
+        pair.cluster.set_exec_v5(True)
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert "grace period" not in stderr, stderr
+    assert "tcpdump stopped in the pod (verified)" in stderr, stderr
+    assert took < 8, f"the stop took {took:.1f} s"
+    capinfos_ok(out)
+    packets = load(out).packets
+    assert len(packets) >= 10 and f"{len(packets):,} packets" in stderr, stderr
+    assert_no_capture_left(pair.cluster, pair.namespace, pair.web, timeout=5)
