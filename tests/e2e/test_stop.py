@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.e2e.conftest import (
     load,
     stop_process,
     wait_capture_live,
+    wait_until,
 )
 
 
@@ -247,3 +249,34 @@ def test_stop_on_a_server_without_v5_ends_tcpdump_by_signal(
     packets = load(out).packets
     assert len(packets) >= 10 and f"{len(packets):,} packets" in stderr, stderr
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web, timeout=5)
+
+
+def _capture_container_states(cluster: Any, namespace: str, pod: str) -> dict[str, str]:
+    statuses = cluster.get_pod(pod, namespace).get("status", {})
+    return {s["name"]: next(iter(s.get("state") or {"waiting": {}}))
+            for s in statuses.get("ephemeralContainerStatuses") or []
+            if s["name"].startswith("zsniff")}
+
+
+def test_idle_lifetime_keeps_the_container_while_capturing_then_ends_it(
+        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+    """--idle-lifetime 3s: a capture of 9 s outlives it (tcpdump keeps the container alive
+    to the end), and once the capture is over the capture container exits by itself."""
+    out = tmp_path / "idle.pcapng"
+    traffic = pair.traffic(icmp=1, seconds=60, pause=0.1)
+    try:
+        result = zsniff.run([pair.web, "-n", pair.namespace, "-w", str(out), "-d", "9s",
+                             "--idle-lifetime", "3s", "icmp"])
+    finally:
+        stop_process(traffic)
+    assert result.returncode == 0, result.stderr
+    assert "tcpdump stopped in the pod (verified)" in result.stderr, result.stderr
+    packets = load(out).packets
+    times = sorted(p.ts_ns / 1e9 for p in packets)
+    assert times and times[-1] - times[0] > 7, "the capture did not last its 9 s"
+    states = _capture_container_states(pair.cluster, pair.namespace, pair.web)
+    assert states, "no capture container in the pod"
+    # Exits within the lifetime plus the script's 2 s poll (and some slack for the node).
+    wait_until(lambda: all(s == "terminated" for s in _capture_container_states(
+        pair.cluster, pair.namespace, pair.web).values()), 20,
+        "the capture container to exit after --idle-lifetime 3s", interval=0.5)
