@@ -241,8 +241,25 @@ class NameBook:
                 self.watch_errors.append(f"{kind}: {type(exc).__name__} {status or ''}".strip())
                 if expired:
                     with contextlib.suppress(ZsniffError):
-                        rv = _rv_of(kube.get(f"list {kind}", path)) or rv
+                        rv = self._relist(kube, kind, path) or rv
                 self._stop.wait(1.0)
+
+    def _relist(self, kube: KubeClient, kind: str, path: str) -> str | None:
+        """After a 410 Gone: list again and apply it whole, since events between the expired
+        version and now are lost (objects added, changed or deleted meanwhile). Returns the
+        list's resourceVersion, where the next watch resumes."""
+        result = kube.get(f"list {kind}", path)
+        namer = _NAMERS[kind]
+        seen = set()
+        for obj in result.get("items") or ():
+            key = _key(kind, obj)
+            seen.add(key)
+            self.set_object(key, namer(obj))
+        with self._lock:
+            gone = [key for key in self._by_object if key[0] == kind and key not in seen]
+        for key in gone:
+            self.set_object(key, [])
+        return _rv_of(result)
 
     def stop(self) -> None:
         self._stop.set()
