@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ZSNIFF, assert_clean_error, assert_no_capture_left
+from kubectl_zsniff.pcapng import NameRecords, PacketRecord, read_capture
+from tests.e2e.conftest import (
+    ZSNIFF,
+    assert_clean_error,
+    assert_no_capture_left,
+    classify,
+    wait_until,
+)
 from tests.e2e.test_outputs import env_for, ping, wait_for_listening
 
 pytestmark = [
@@ -45,6 +52,23 @@ def wireshark_pids(parent: int) -> list[int]:
             if int(ppid) == parent and comm.strip().lower().startswith("wireshark")]
 
 
+def received_echoes(folder: Path, client_ip: str, web_ip: str) -> dict[str, Any] | None:
+    """The ICMP echoes between the two pods in Wireshark's capture file (and the names it
+    got), once all 4 requests and 4 replies are there."""
+    for path in folder.glob("wireshark_*"):
+        try:
+            blocks = list(read_capture(str(path)))
+        except Exception:  # still being written
+            continue
+        pings = [classify(b.data) for b in blocks if isinstance(b, PacketRecord)]
+        pings = [p for p in pings if p and p[0] == "icmp" and {p[1], p[2]} == {client_ip, web_ip}]
+        names = {name for b in blocks if isinstance(b, NameRecords)
+                 for _, names_of_ip in b.records for name in names_of_ip}
+        if len(pings) >= 8:
+            return {"pings": len(pings), "names": names}
+    return None
+
+
 def test_live_wireshark_then_closing_it_stops_the_capture(
     cluster: Any, display: str, kube_home: Path, tmp_path: Path
 ) -> None:
@@ -52,8 +76,14 @@ def test_live_wireshark_then_closing_it_stops_the_capture(
     cluster.create_pod("ws-client", command=["sleep", "3600"])
     web_ip = cluster.pod_ip("default", "ws-web")
     env = env_for(kube_home, cluster.kubeconfig)
-    env.update(DISPLAY=display, XDG_RUNTIME_DIR=str(tmp_path), QT_QPA_PLATFORM="xcb")
-    proc = subprocess.Popen([*ZSNIFF, "ws-web", "--wireshark", "--image", "busybox", "icmp"],
+    # Wireshark's capture child (dumpcap) keeps what it receives in a file in TMPDIR:
+    # that file is what Wireshark got.
+    received_dir = tmp_path / "wireshark-tmp"
+    received_dir.mkdir()
+    env.update(DISPLAY=display, XDG_RUNTIME_DIR=str(tmp_path), QT_QPA_PLATFORM="xcb",
+               TMPDIR=str(received_dir))
+    proc = subprocess.Popen([*ZSNIFF, "ws-web", "--wireshark", "--image", cluster.capture_image,
+                             "icmp"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stderr is not None
@@ -69,7 +99,11 @@ def test_live_wireshark_then_closing_it_stops_the_capture(
         argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
         assert b"nameres.network_name:TRUE" in argv
         assert b"gui.window_title:default/ws-web" in argv
-        time.sleep(3)  # let it draw the packets
+        client_ip = cluster.pod_ip("default", "ws-client")
+        echoes = wait_until(lambda: received_echoes(received_dir, client_ip, web_ip), 30,
+                            "Wireshark to receive the 8 pings", interval=0.5)
+        assert echoes["names"] >= {"default/ws-web", "default/ws-client"}, echoes
+        time.sleep(1)  # let it draw the packets
         if shutil.which("import"):
             subprocess.run(["import", "-display", display, "-window", "root",
                             str(tmp_path / "wireshark.png")], check=False, timeout=30)
