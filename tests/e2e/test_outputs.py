@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.connect_proxy import ConnectProxy
-from tests.e2e.conftest import ZSNIFF, zsniff_env
+from tests.e2e.conftest import ZSNIFF, classify, load, zsniff_env
 from tests.shared_data import ZEEK_DATA
 
 needs_ping = pytest.mark.skipif(shutil.which("ping") is None, reason="ping not installed")
@@ -101,16 +101,21 @@ def test_capture_through_the_kubeconfig_proxy(
     assert sum(t.endswith("HTTP/1.1") for t in tunnels) >= 2  # capture + tcpdump check
 
 
+@needs_ping
 def test_exec_credential_plugin_token_reaches_the_exec_stream(
     cluster: Any, pods: Any, kube_home: Path, tmp_path: Path
 ) -> None:
-    """EKS/GKE/AKS style auth: the token comes from a plugin, for REST and for the websocket."""
+    """EKS/GKE/AKS style auth: the token comes from a plugin, for REST and for the websocket.
+    The plugin runs, the capture holds the pings with the pod names, the token is nowhere."""
     config = json.loads(cluster.kubeconfig.read_text())
     admin = next(u for u in config["users"] if u["name"] == "admin")
     token = cluster.admin_token()
+    calls = tmp_path / "plugin-calls"
     plugin = tmp_path / "token-plugin"
     plugin.write_text(
-        f"#!{sys.executable}\nimport json\nprint(json.dumps({{"
+        f"#!{sys.executable}\nimport json, os\n"
+        f"open({str(calls)!r}, 'a').write(os.environ.get('KUBERNETES_EXEC_INFO', '-') + '\\n')\n"
+        "print(json.dumps({"
         '"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", '
         f'"status": {{"token": "{token}"}}}}))\n'
     )
@@ -121,11 +126,27 @@ def test_exec_credential_plugin_token_reaches_the_exec_stream(
     kubeconfig = tmp_path / "plugin.kubeconfig"
     kubeconfig.write_text(json.dumps(config))
     out = tmp_path / "p.pcapng"
-    result = capture_briefly(kube_home, kubeconfig, out)
-    assert result.returncode == 0, result.stderr
-    assert "listening on eth0" in result.stderr
-    assert token not in result.stderr + result.stdout
-    assert out.exists()
+    web_ip, client_ip = pods
+    proc = subprocess.Popen(
+        [*ZSNIFF, "out-web", "-d", "6s", "-w", str(out), "--image", cluster.capture_image,
+         "icmp"],
+        env=env_for(kube_home, kubeconfig), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    wait_for_listening(proc.stderr)
+    ping(cluster, "out-client", web_ip)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 0, stderr
+    assert "tcpdump stopped in the pod (verified)" in stderr, stderr
+    assert calls.exists() and calls.read_text().strip(), "the credential plugin never ran"
+    capture = load(out)
+    echoes = [c for c in map(classify, (p.data for p in capture.packets))
+              if c and c[0] == "icmp" and {c[1], c[2]} == {web_ip, client_ip}]
+    assert len(echoes) == 8, f"{len(echoes)} of the 8 echo packets in the file"
+    assert capture.names.get(client_ip) == "default/out-client", capture.names
+    assert token not in stderr + stdout
+    assert token.encode() not in out.read_bytes()
 
 
 @needs_ping
