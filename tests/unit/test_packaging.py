@@ -54,17 +54,36 @@ def test_krew_launcher_installs_into_a_private_venv_and_runs(tmp_path: Path) -> 
     assert again.returncode == 0 and "installing" not in again.stderr
 
 
-def test_console_script_help_is_fast_and_shows_examples() -> None:
-    exe = shutil.which("kubectl-zsniff")
-    if exe is None:
-        pytest.skip("kubectl-zsniff is not installed (pip install -e .)")
-    timings = []
-    for _ in range(3):
+# The product's target is 0.2 s. Measured: the fastest of five runs, and what zsniff adds to
+# a bare interpreter's start (so a loaded, shared machine slows both sides). Here --help takes
+# 0.15-0.3 s (0.05-0.2 s over the bare start); with the kubernetes client and rich imported
+# eagerly, 0.5-1.1 s (0.4 s and more over it).
+HELP_SECONDS = 1.0
+HELP_OVER_BARE_START = 0.3
+
+
+def _fastest(argv: list[str], env: dict[str, str], runs: int = 5) -> tuple[float, str]:
+    timings, out = [], ""
+    for _ in range(runs):
         start = time.perf_counter()
-        result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                                cwd=ROOT)
         timings.append(time.perf_counter() - start)
-        assert result.returncode == 0
-    assert "Examples:" in result.stdout and "--wireshark" in result.stdout
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+    return min(timings), out
+
+
+def test_console_script_help_is_fast_and_shows_examples() -> None:
+    # This checkout's CLI, started as the console script starts it (a fresh interpreter).
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bare, _ = _fastest([sys.executable, "-c", "pass"], env)
+    fastest, out = _fastest([sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
+                             "from kubectl_zsniff.cli import main; main()", "--help"], env)
+    assert "Examples:" in out and "--wireshark" in out
+    assert fastest < HELP_SECONDS, f"--help took {fastest:.2f} s at best"
+    assert fastest - bare < HELP_OVER_BARE_START, (
+        f"--help took {fastest:.2f} s at best, {fastest - bare:.2f} s over a bare start")
     # --help must not import the kubernetes client, rich or pyshark (each costs 0.3-0.5 s).
     probe = subprocess.run(
         [sys.executable, "-c",
