@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.offline import convert_capture, hosts_file_text, names_from_capture
 from kubectl_zsniff.pcapng import Interface, PacketRecord, read_capture
 from tests.shared_data import ZEEK_DATA, ZEEK_TRACES
+from tests.unit.capture_fixtures import capture_loopback_udp
 
 SHARED = ZEEK_DATA
 TRACES = ZEEK_TRACES
@@ -74,29 +74,13 @@ def test_convert_puts_names_on_every_packet_and_keeps_them(
 
 @needs_tshark
 def test_convert_a_plain_tcpdump_capture(tmp_path: Path) -> None:
-    if shutil.which("tcpdump") is None:
-        pytest.skip("tcpdump not installed")
-    raw = tmp_path / "plain.pcap"
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", str(raw), "udp port 47999"],
-                            stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.0)
-        import socket
-
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for _ in range(5):
-                s.sendto(b"zsniff", ("127.0.0.1", 47999))
-                time.sleep(0.05)
-        time.sleep(0.5)
-    finally:
-        dump.terminate()
-        dump.wait(timeout=10)
-    if not raw.exists() or raw.stat().st_size <= 24:
-        pytest.skip("tcpdump could not capture on lo here")
+    """A classic pcap straight from tcpdump -w: every datagram converted, both ends named."""
+    raw = capture_loopback_udp(tmp_path / "plain.pcap", 5)
     out = tmp_path / "named.pcapng"
-    convert_capture(raw, out, {"127.0.0.1": "default/local"}, "test")
+    summary = convert_capture(raw, out, {"127.0.0.1": "default/local"}, "test")
     rows = tshark_fields(out, "ip.src_host", "ip.dst_host")
-    assert rows and all(r == ["default/local", "default/local"] for r in rows)
+    assert summary.packets == 5
+    assert rows == [["default/local", "default/local"]] * 5, rows
 
 
 @needs_tshark
