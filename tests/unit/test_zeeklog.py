@@ -91,9 +91,19 @@ def _expected(orig: str | None, resp: str | None) -> dict[str, str | None]:
     }
 
 
-def test_name_map_covers_named_and_unknown_addresses_including_ipv6() -> None:
-    assert any(a.version == 6 for a in TABLE)
-    assert len(TABLE) < len(_addresses())
+def test_name_map_names_the_logs_addresses_as_zeek_writes_them() -> None:
+    """The map was given long-form IPv6 keys; Zeek writes compressed IPv6 (and some tools
+    IPv4-mapped IPv6 or a zone): each form finds its name, and unnamed addresses find none."""
+    addresses = _addresses()
+    named_v6 = [a for a in addresses if a.version == 6 and a in TABLE]
+    assert named_v6 and len(TABLE) < len(addresses)  # the logs exercise both cases
+    for addr in addresses:
+        assert NAMEMAP.lookup(str(addr)) == TABLE.get(addr), addr
+        assert NAMEMAP.lookup(str(addr).upper()) == TABLE.get(addr), addr
+    assert NAMEMAP.lookup(f"{named_v6[0]}%eth0") == TABLE[named_v6[0]]
+    named_v4 = next(a for a in addresses if a.version == 4 and a in TABLE)
+    assert NAMEMAP.lookup(f"::ffff:{named_v4}") == TABLE[named_v4]
+    assert NAMEMAP.lookup("-") is None and NAMEMAP.lookup("not-an-address") is None
 
 
 # --- TSV: byte-for-byte, cell by cell ---------------------------------------------------------
