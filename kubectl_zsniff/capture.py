@@ -24,6 +24,7 @@ from .inject import PodInfo, capture_command
 from .options import CaptureLimits, TcpdumpOptions
 from .pcap import encode_pcap_header
 from .pipeline import Lane, OutputPipeline, StopReason
+from .words import plural
 
 __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "StopReason",
            "TcpdumpReport", "check_filter_locally", "tcpdump_failure"]
@@ -105,9 +106,10 @@ class TcpdumpReport:
 
 
 def tcpdump_failure(
-    report: TcpdumpReport, exit_code: int | None, opts: TcpdumpOptions
+    report: TcpdumpReport, exit_code: int | None, opts: TcpdumpOptions,
+    pod: PodInfo | None = None, container: str | None = None,
 ) -> ZsniffError:
-    """Turn what tcpdump said into one clear error."""
+    """Turn what tcpdump said into one clear error (`pod`, `container`: where it ran)."""
     text = " ".join(report.errors) or f"exit code {exit_code}"
     lowered = text.lower()
     if (
@@ -128,7 +130,10 @@ def tcpdump_failure(
     ):
         return ZsniffError(
             f"tcpdump cannot open interface {opts.interface!r}: {_strip_prefix(text)}",
-            "list the pod's interfaces with: kubectl exec POD -- ip link (try -i any)",
+            "list the pod's interfaces with: kubectl exec "
+            + (f"-n {pod.namespace} {pod.name}" + (f" -c {container}" if container else "")
+               if pod is not None else "POD")
+            + " -- ip link (or capture them all with -i any)",
             ExitStatus.CAPTURE_FAILED,
         )
     if "permission" in lowered or "operation not permitted" in lowered:
@@ -346,7 +351,7 @@ class PodStream:
         result.given_up = self.given_up
         if result.lost and not stop.is_set():
             result.error = ZsniffError(
-                f"lost the connection to the API server after {pipeline.packets} packets"
+                f"lost the connection to the API server after {plural(pipeline.packets, 'packet')}"
                 + (f" (pod {self.pod.namespace}/{self.pod.name})" if self.many else ""),
                 "the capture file is valid up to the last whole packet; run again to continue",
                 ExitStatus.STREAM_LOST,
@@ -365,7 +370,8 @@ class PodStream:
         ):
             if exec_result.exit_code is None:
                 self.report.errors.append(exec_result.failure_message or "")
-            result.error = tcpdump_failure(self.report, exec_result.exit_code, self.tcpdump)
+            result.error = tcpdump_failure(self.report, exec_result.exit_code, self.tcpdump,
+                                           self.pod, self.container)
         return result
 
     def _who(self) -> str:

@@ -27,6 +27,7 @@ from .options import (
     TargetOptions,
     TcpdumpOptions,
 )
+from .words import plural
 
 CAPTURE_EXAMPLES = """
 \b
@@ -101,7 +102,7 @@ class _Size(click.ParamType):
 
 DURATION = _Duration()
 SIZE = _Size()
-OFFLINE_COMMANDS = ("view", "convert", "hosts", "enrich")
+OFFLINE_COMMANDS = ("view", "convert", "hosts", "enrich")  # and `leftovers`: not capturing
 
 
 class _CaptureContext(click.Context):
@@ -127,7 +128,7 @@ class ZsniffGroup(click.Group):
         wants_help = any(a in ("--help", "-h") for a in args)
         if (
             not (wants_help and first is None)
-            and "--version" not in args
+            and not ("--version" in args and first is None)
             and (first is None or first not in self.commands)
         ):
             args = ["capture", *args]
@@ -256,11 +257,16 @@ def _kube_options(func: Any) -> Any:
     help="ksniff's name for -w.",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing -w FILE (refused otherwise).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["pcapng", "pcap"]),
     default=None,
-    help="Output format (default: from the file name, else pcapng).",
+    help="Format of the -w output (default: from the file name, else pcapng).",
 )
 @click.option("--wireshark", is_flag=True, help="Open a live Wireshark with pod names on.")
 @click.option("--wireshark-path", default=None, help="Path of the Wireshark executable.")
@@ -306,6 +312,10 @@ def _kube_options(func: Any) -> Any:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.version_option(
+    __version__, "--version", prog_name="kubectl-zsniff", message="%(prog)s %(version)s",
+    help="Show the version and exit.",
+)
 def capture_command(**kw: Any) -> None:
     """Capture the traffic of POD (or pod/POD) into a pcapng file, stdout, Wireshark, Zeek or
     the terminal. Pod, service and node addresses appear as their names."""
@@ -316,26 +326,71 @@ def capture_command(**kw: Any) -> None:
     sys.exit(status)
 
 
+# kubectl's names of what is not a pod: `deploy/web` is refused, any other `X/NAME` is NS/POD.
+NOT_PODS = frozenset({
+    "deploy", "deployment", "deployments", "sts", "statefulset", "statefulsets", "ds",
+    "daemonset", "daemonsets", "rs", "replicaset", "replicasets", "job", "jobs", "cj",
+    "cronjob", "cronjobs", "svc", "service", "services", "no", "node", "nodes", "ns",
+    "namespace", "namespaces", "ep", "endpoints", "ing", "ingress", "rc",
+    "replicationcontroller",
+})
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Words a BPF expression can start with (pcap-filter(7)); with -l the trailing words are the
+# filter, so a word that is none of these is a pod named by mistake (`web -l app=web`).
+_BPF_WORDS = """
+    dst src host ether gateway net port portrange less greater ip ip6 proto protochain
+    broadcast multicast vlan mpls pppoed pppoes geneve vxlan iso ifname on rnr rulenum reason
+    rset ruleset srnr subrulenum action type subtype dir wlan tcp udp icmp icmp6 igmp igrp pim
+    ah esp vrrp sctp arp rarp atalk aarp decnet lat sca moprc mopdl stp ipx netbeui llc clnp
+    esis isis l1 l2 iih lsp snp csnp psnp not and or inbound outbound fddi tr link radio ppp
+    slip len ra ta addr1 addr2 addr3 addr4 hdlc carp heartbeat
+"""
+BPF_FIRST_WORDS = frozenset(_BPF_WORDS.split())
+
+
+def _names_a_pod(word: str) -> bool:
+    """`pod/NAME`, `NS/NAME` (or `deploy/NAME`, refused later) rather than a filter word."""
+    prefix, _, name = word.partition("/")
+    return bool(name) and _DNS_LABEL.match(prefix) is not None
+
+
 def split_targets(words: list[str], selector: str | None) -> tuple[list[str], list[str]]:
-    """(pods, filter words): the first word is a pod (unless -l is given), then pod/NAME words."""
+    """(pods, filter words): the first word is a pod (unless -l is given), then pod/NAME or
+    NS/NAME words. Pods come back as NAME or NS/NAME."""
     words = list(words)
     pods: list[str] = []
     if not selector:
         if not words:
             raise click.UsageError("give a POD to capture (or -l SELECTOR)")
         pods.append(words.pop(0))
-    while words and "/" in words[0] and words[0].split("/", 1)[0].isalpha():
+    while words and _names_a_pod(words[0]):
         pods.append(words.pop(0))
+    if selector and not pods and words:
+        first = words[0].split("[", 1)[0].lower()
+        if (_DNS_LABEL.match(first) and first not in BPF_FIRST_WORDS
+                and not first.isdigit()):
+            raise click.UsageError(
+                f"with -l, the words after the options are a BPF filter, and {words[0]!r} "
+                f"is not how a filter starts: to capture pod {words[0]}, leave out -l; to "
+                f"add it to the selected pods, name it pod/{words[0]} (a filter can also be "
+                "given with -f)")
     names = []
     for pod in pods:
+        if pod.count("/") > 1:
+            kind, _, rest = pod.partition("/")
+            if kind in ("pod", "pods", "po"):
+                pod = rest  # pod/NS/NAME
         if "/" in pod:
             kind, _, name = pod.partition("/")
-            if kind not in ("pod", "pods", "po") or not name:
+            if kind in NOT_PODS or not name or "/" in name:
                 raise click.BadParameter(
                     f"only pods can be named, not {kind!r}: select a workload's pods with -l "
                     "(kubectl get pods --show-labels)",
                     param_hint="POD",
                 )
+            if kind not in ("pod", "pods", "po"):
+                names.append(f"{kind}/{name}")  # NS/POD, as zsniff prints pods
+                continue
             pod = name
         names.append(pod)
     return names, words
@@ -353,7 +408,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     pods, filter_words = split_targets(list(kw["words"]), kw["selector"])
     if kw["all_namespaces"] and not kw["selector"]:
         raise click.UsageError("-A/--all-namespaces goes with -l/--selector")
-    pod = pods[0] if pods else (kw["selector"] or "pods")
+    pod = pods[0].replace("/", "_") if pods else (kw["selector"] or "pods")
     filter_text = kw["bpf_filter"]
     if filter_words:
         if filter_text:
@@ -372,6 +427,12 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             path = Path(f"{safe}-{stamp}.pcapng")
     from .session import output_format_for
 
+    if kw["fmt"] and path is None:
+        raise click.UsageError(
+            "--format sets the format of the -w file; Wireshark, Zeek and --view read the "
+            "stream as it is (pcapng, with the names): add -w FILE, or leave --format out")
+    if kw["force"] and (path is None or str(path) == "-"):
+        raise click.UsageError("--force overwrites an existing -w FILE: it needs -w FILE")
     fmt = output_format_for(path, OutputFormat(kw["fmt"]) if kw["fmt"] else None)
     if kw["view"] and path is not None and str(path) == "-":
         raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
@@ -396,6 +457,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             zeek_dir,
             tuple(kw["zeek_script"]),
             kw["view"],
+            kw["force"],
         ),
         names=not kw["no_names"],
     )
@@ -422,12 +484,8 @@ def _run(action: Any, debug: bool, reporter: Any) -> int:
     """Run a command; every failure becomes one line, a hint and its exit status."""
     try:
         return int(action())
-    except ZsniffError as err:
+    except ZsniffError as err:  # explained: no traceback, even with --debug
         reporter.finish()
-        if debug:
-            import traceback
-
-            traceback.print_exc()
         reporter.error(err)
         return int(err.status)
     except KeyboardInterrupt:
@@ -456,8 +514,17 @@ def _run(action: Any, debug: bool, reporter: Any) -> int:
         return int(ExitStatus.ERROR)
 
 
-def _cluster_names(kw: dict[str, Any], reporter: Any) -> dict[str, str]:
-    """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`."""
+def truncation_warning(path: str, tail: int) -> str:
+    # tshark's words for the same: "appears to have been cut short in the middle of a packet".
+    return (f"warning: {path} was cut short in the middle of a packet (a capture still being "
+            f"written, or copied before it ended): the last {plural(tail, 'byte')} are not a "
+            "whole packet and were left out")
+
+
+def _cluster_names(kw: dict[str, Any], reporter: Any,
+                   only_namespace: str | None = None) -> dict[str, str]:
+    """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
+    with `only_namespace`, that namespace's pods and services alone."""
     from .kube import load_client
     from .names import NameBook
 
@@ -468,7 +535,8 @@ def _cluster_names(kw: dict[str, Any], reporter: Any) -> dict[str, str]:
     missing = book.load(kube, kube.namespace)
     if missing:
         reporter.progress("names limited: not allowed to list " + ", ".join(missing))
-    return {ip: owner.name for ip, owner in book.current().items()}
+    return {ip: owner.name for ip, owner in book.current().items()
+            if only_namespace is None or owner.namespace == only_namespace}
 
 
 @cli.command("view")
@@ -514,7 +582,13 @@ def view_command(
             "absolute" if absolute_time else "relative",
             hosts_file,
         )
-        reporter.progress(f"{shown} packets shown")
+
+        from .pcapng import truncated_bytes
+
+        tail = truncated_bytes(capture_file)
+        if tail:
+            reporter.progress(truncation_warning(capture_file, tail))
+        reporter.progress(f"{plural(shown, 'packet')} shown")
         return 0
 
     sys.exit(_run(action, debug, reporter))
@@ -530,16 +604,21 @@ def view_command(
     default=None,
     help="Take the names from a hosts file instead of the cluster.",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing DESTINATION.")
 @click.option("--debug", is_flag=True, hidden=True)
 def convert_command(
-    source: str, destination: str, names_from: str | None, debug: bool, **kw: Any
+    source: str, destination: str, names_from: str | None, force: bool, debug: bool,
+    **kw: Any,
 ) -> None:
     """Turn any pcap/pcapng (ksniff, tcpdump...) into a pcapng carrying the cluster's names."""
     reporter = _make_reporter(False)
 
     def action() -> int:
         from .offline import convert_capture
+        from .sinks.file import refuse_overwrite
 
+        if Path(source).resolve() != Path(destination).resolve():  # that has its own error
+            refuse_overwrite(Path(destination), force, "choose another DESTINATION")
         names = _read_hosts(names_from) if names_from else _cluster_names(kw, reporter)
         summary = convert_capture(
             Path(source),
@@ -547,9 +626,12 @@ def convert_command(
             names,
             f"converted by kubectl-zsniff {__version__} from {source}",
         )
+        if summary.truncated_bytes:
+            reporter.progress(truncation_warning(source, summary.truncated_bytes))
         reporter.progress(
-            f"wrote {destination}: {summary.packets} packets, {summary.interfaces} interfaces, "
-            f"{summary.names} cluster names (+{summary.kept_names} from the file); "
+            f"wrote {destination}: {plural(summary.packets, 'packet')}, "
+            f"{plural(summary.interfaces, 'interface')}, {plural(summary.names, 'cluster name')} "
+            f"(+{summary.kept_names:,} from the file); "
             f"read it with: tshark -r {destination} -N n"
         )
         return 0
@@ -580,7 +662,16 @@ def hosts_command(output: str, debug: bool, **kw: Any) -> None:
             from .sinks.file import standard_output
 
             out = standard_output()
-        text = hosts_file_text(_cluster_names(kw, reporter))
+        # -n NS: that namespace's pods and services only (no -n: the whole cluster).
+        names = _cluster_names(kw, reporter, only_namespace=kw["namespace"])
+        if not names:
+            where = f'namespace "{kw["namespace"]}"' if kw["namespace"] else "the cluster"
+            raise ZsniffError(
+                f"no pod, service or node names found in {where}",
+                "check the namespace (kubectl get pods -n NS) or leave -n out for the cluster",
+                ExitStatus.NOT_FOUND,
+            )
+        text = hosts_file_text(names)
         if output == "-":
             out.write(text.encode("utf-8"))
             out.flush()
@@ -630,17 +721,70 @@ def enrich_command(
         else:
             namemap = DictNameMap(_cluster_names(kw, reporter))
         results = enrich_paths(logs, namemap, output_dir)
+        unusable = [r for r in results if r.skipped and r.skipped.startswith(UNUSABLE_LOG)]
         for result in results:
+            if result in unusable:
+                continue
             if result.skipped:
                 reporter.progress(f"{result.path}: left as is ({result.skipped})")
             else:
                 reporter.progress(
-                    f"{result.output or result.path}: {result.rows} rows, "
-                    f"{result.named_rows} with a pod name"
+                    f"{result.output or result.path}: {plural(result.rows, 'row')}, "
+                    f"{result.named_rows:,} with a pod name"
                 )
+        if unusable:
+            first = unusable[0]
+            more = f" (and {plural(len(unusable) - 1, 'other file')})" if len(unusable) > 1 else ""
+            raise ZsniffError(
+                f"{first.path}: {first.skipped}{more}",
+                "give Zeek's logs (conn.log, dns.log... in TSV or JSON) or a folder of them",
+                ExitStatus.USAGE,
+            )
         return 0
 
     sys.exit(_run(action, debug, reporter))
+
+
+@cli.command("leftovers")
+@click.argument("pods", nargs=-1, required=True, metavar="POD [pod/POD|NS/POD...]")
+@_kube_options
+@click.option("--debug", is_flag=True, hidden=True)
+def leftovers_command(pods: tuple[str, ...], debug: bool, **kw: Any) -> None:
+    """List the capture containers zsniff left in pods, running or exited (ephemeral
+    containers cannot be removed; a running one exits after its --idle-lifetime)."""
+    reporter = _make_reporter(False)
+
+    def action() -> int:
+        from .inject import get_pod, leftovers
+        from .kube import load_client
+        from .sinks.file import standard_output
+
+        names, extra = split_targets(list(pods), None)
+        if extra:
+            raise click.UsageError(f"not a pod: {extra[0]!r} (name more pods as pod/NAME)")
+        kube = load_client(
+            KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
+        )
+        lines = []
+        for target in names:
+            where, _, name = target.rpartition("/")
+            namespace = where or kube.namespace
+            found = leftovers(get_pod(kube, namespace, name))
+            if not found:
+                lines.append(f"{namespace}/{name}: no zsniff capture container")
+            for item in found:
+                lines.append(f"{namespace}/{name}\t{item.name}\t{item.state}\t{item.detail}"
+                             f"\t{item.image}")
+        out = standard_output()
+        out.write(("\n".join(lines) + "\n").encode("utf-8"))
+        out.flush()
+        return 0
+
+    sys.exit(_run(action, debug, reporter))
+
+
+# Why enrich could not use a file at all (as opposed to a log with no rows to name).
+UNUSABLE_LOG = ("not a Zeek log", "cannot read", "no such file")
 
 
 def _is_capture(path: str) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ZsniffError
+from .words import plural
 
 
 def human_bytes(n: float) -> str:
@@ -67,7 +68,7 @@ class ConsoleReporter:
         rate = data_bytes / elapsed if elapsed > 0 else 0.0
         line = Text.assemble(
             ("capturing ", "bold green"),
-            f"{packets:,} packets, {human_bytes(data_bytes)}, {human_bytes(rate)}/s, "
+            f"{plural(packets, 'packet')}, {human_bytes(data_bytes)}, {human_bytes(rate)}/s, "
             f"{elapsed:.0f} s   (Ctrl-C stops)",
         )
         with self._lock:
@@ -93,11 +94,11 @@ class ConsoleReporter:
             pod = f"{summary.pod.namespace}/{summary.pod.name}"
         drops = [p.report.dropped for p in pods]
         parts = [
-            f"{summary.packets:,} packets ({human_bytes(summary.data_bytes)}) from {pod} "
+            f"{plural(summary.packets, 'packet')} ({human_bytes(summary.data_bytes)}) from {pod} "
             f"in {summary.seconds:.1f} s; stopped: {summary.reason.value}",
         ]
         if any(d is not None for d in drops):
-            parts.append(f"{sum(d or 0 for d in drops)} dropped by the kernel")
+            parts.append(f"{sum(d or 0 for d in drops):,} dropped by the kernel")
         if summary.remote_stopped is True:
             where = "the pods" if len(pods) > 1 else "the pod"
             parts.append(f"tcpdump stopped in {where} (verified)")
@@ -132,8 +133,8 @@ def _sink_result_text(label: str, result: Any) -> str:
         return ""
     if hasattr(result, "dropped_packets") and hasattr(result, "total_packets"):
         if result.dropped_packets:
-            return (f"{label} skipped {result.dropped_packets:,} of {result.total_packets:,} "
-                    "packets to keep up (the file has them all)")
+            return (f"{label} skipped {result.dropped_packets:,} of "
+                    f"{plural(result.total_packets, 'packet')} to keep up (the file has them all)")
         return ""
     if hasattr(result, "returncode") and hasattr(result, "files"):
         files = result.files

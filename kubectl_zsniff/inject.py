@@ -51,6 +51,8 @@ class PodInfo:
     containers: tuple[str, ...]
     phase: str
     pod_ips: tuple[str, ...]
+    # Why a container cannot start (ImagePullBackOff, CrashLoopBackOff...), with its message.
+    waiting: tuple[str, str] | None = None
 
 
 def capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
@@ -115,12 +117,35 @@ def get_pod(kube: KubeClient, namespace: str, name: str) -> JSON:
         )
     except ZsniffError as err:
         if err.status == ExitStatus.NOT_FOUND:
-            raise ZsniffError(
-                f'pod "{name}" not found in namespace "{namespace}"',
-                f"list the pods with: kubectl get pods -n {namespace}",
-                ExitStatus.NOT_FOUND,
-            ) from err
+            raise _pod_not_found(kube, namespace, name) from err
         raise
+
+
+def _pod_not_found(kube: KubeClient, namespace: str, name: str) -> ZsniffError:
+    """Say what is missing: the namespace itself, or the pod there (and where it is)."""
+    try:
+        kube.get("get namespace", api_path("namespaces", namespace))
+    except ZsniffError as err:
+        if err.status == ExitStatus.NOT_FOUND:
+            return ZsniffError(
+                f'namespace "{namespace}" not found (looking for pod "{name}")',
+                "list the namespaces with: kubectl get namespaces",
+                ExitStatus.NOT_FOUND,
+            )
+    elsewhere: list[str] = []
+    try:
+        found = kube.get("list pods", api_path("pods"), fieldSelector=f"metadata.name={name}")
+        elsewhere = sorted(str(field(p, "metadata", "namespace"))
+                           for p in found.get("items") or ())
+    except ZsniffError:
+        pass  # not allowed to look in every namespace: the plain hint
+    hint = f"list the pods with: kubectl get pods -n {namespace}"
+    if elsewhere:
+        where = ", ".join(elsewhere[:5])
+        hint = (f'a pod "{name}" exists in namespace {where}: add -n {elsewhere[0]} '
+                f"(or name it {elsewhere[0]}/{name})")
+    return ZsniffError(f'pod "{name}" not found in namespace "{namespace}"', hint,
+                       ExitStatus.NOT_FOUND)
 
 
 def describe_pod(pod: JSON) -> PodInfo:
@@ -133,7 +158,22 @@ def describe_pod(pod: JSON) -> PodInfo:
         containers=tuple(str(c.get("name")) for c in spec.get("containers") or ()),
         phase=str(field(pod, "status", "phase") or "Unknown"),
         pod_ips=tuple(pod_ips(pod)),
+        waiting=_waiting(pod),
     )
+
+
+# Reasons a container waits that waiting longer does not cure.
+STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+                 "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
+                 "RunContainerError")
+
+
+def _waiting(pod: JSON) -> tuple[str, str] | None:
+    for status in field(pod, "status", "containerStatuses") or ():
+        reason = str(field(status, "state", "waiting", "reason") or "")
+        if reason in STUCK_REASONS:
+            return reason, str(field(status, "state", "waiting", "message") or "")
+    return None
 
 
 def check_capturable(info: PodInfo, container: str | None) -> str:
@@ -142,6 +182,16 @@ def check_capturable(info: PodInfo, container: str | None) -> str:
         raise ZsniffError(
             f'pod "{info.name}" has finished ({info.phase}): there is no traffic to capture',
             "capture a running pod (kubectl get pods)",
+            ExitStatus.POD_NOT_RUNNING,
+        )
+    if info.phase != "Running" and info.waiting is not None:
+        reason, message = info.waiting
+        cannot = "its image cannot be pulled" if "Image" in reason else "it cannot start"
+        raise ZsniffError(
+            f'pod "{info.name}" is not running ({info.phase}): {cannot} ({reason}'
+            + (f": {message[:160]}" if message else "") + ")",
+            f"waiting will not help: see why with kubectl describe pod {info.name} "
+            f"-n {info.namespace} (Events), and fix the pod",
             ExitStatus.POD_NOT_RUNNING,
         )
     if info.phase != "Running":
@@ -187,6 +237,42 @@ def find_reusable(pod: JSON, image: str) -> str | None:
         ):
             return name
     return None
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A capture container zsniff put in a pod (ephemeral containers cannot be removed)."""
+
+    name: str
+    image: str
+    state: str  # running / exited / waiting
+    detail: str  # since when, exit code, or why it waits
+    tcpdump_args: str = ""
+
+
+def leftovers(pod: JSON) -> list[Leftover]:
+    """The zsniff capture containers of a pod, running or exited, in the pod's order."""
+    statuses = {s.get("name"): s for s in field(pod, "status", "ephemeralContainerStatuses")
+                or ()}
+    found = []
+    for spec in field(pod, "spec", "ephemeralContainers") or ():
+        name = str(spec.get("name") or "")
+        if not name.startswith(CONTAINER_PREFIX):
+            continue
+        state = (statuses.get(name) or {}).get("state") or {}
+        if "running" in state:
+            kind, detail = "running", f"since {state['running'].get('startedAt') or '?'}"
+        elif "terminated" in state:
+            done = state["terminated"]
+            kind = "exited"
+            detail = (f"exit {done.get('exitCode')}"
+                      + (f" ({done['reason']})" if done.get("reason") else "")
+                      + f" at {done.get('finishedAt') or '?'}")
+        else:
+            waiting = state.get("waiting") or {}
+            kind, detail = "waiting", str(waiting.get("reason") or "not started")
+        found.append(Leftover(name, str(spec.get("image") or ""), kind, detail))
+    return found
 
 
 Progress = Callable[[str], None]
@@ -427,8 +513,10 @@ def resolve_targets(
     """The pods to capture: named ones (which must be capturable) and running selector matches."""
     targets: list[Target] = []
     seen: set[tuple[str, str]] = set()
-    for name in pods:
-        pod = get_pod(kube, namespace, name)
+    for target in pods:
+        # NS/NAME names its namespace; a plain NAME is in the context's (or -n's).
+        where, _, name = target.rpartition("/")
+        pod = get_pod(kube, where or namespace, name)
         info = describe_pod(pod)
         if (info.namespace, info.name) not in seen:
             seen.add((info.namespace, info.name))

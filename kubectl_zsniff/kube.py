@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -382,6 +383,19 @@ def api_error(exc: Any, action: str) -> ZsniffError:
     return ZsniffError(f"cannot {action}: {code} {message}".strip(), "", ExitStatus.ERROR)
 
 
+_TLS_REASON = re.compile(r"certificate verify failed: ([^()'\"\]]+?)(?: \(_ssl|\)|'|\"|$)")
+
+
+def _tls_reason(text: str) -> str:
+    """OpenSSL's words for why: `: self-signed certificate in certificate chain`,
+    `: unable to get local issuer certificate`, `: certificate has expired`, a host mismatch."""
+    match = _TLS_REASON.search(text)
+    if match:
+        return ": " + match.group(1).strip()
+    mismatch = re.search(r"Hostname mismatch[^'\"]*|doesn't match [^'\"]+", text)
+    return ": " + mismatch.group(0).strip() if mismatch else ""
+
+
 def connection_error(exc: BaseException) -> ZsniffError:
     """Translate a transport failure (refused, DNS, TLS, timeout) into a ZsniffError."""
     text = f"{exc!r} {exc} {getattr(exc, 'reason', '')}"
@@ -393,7 +407,7 @@ def connection_error(exc: BaseException) -> ZsniffError:
         )
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "SSLCertVerification" in text:
         return ZsniffError(
-            "TLS verification of the API server failed",
+            "TLS verification of the API server failed" + _tls_reason(text),
             "check certificate-authority(-data) in the kubeconfig; "
             "verification stays on unless the kubeconfig itself sets insecure-skip-tls-verify",
             ExitStatus.UNREACHABLE,

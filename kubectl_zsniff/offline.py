@@ -35,6 +35,7 @@ class ConvertSummary:
     interfaces: int
     names: int
     kept_names: int
+    truncated_bytes: int = 0  # the source ended inside a packet: this many bytes were dropped
 
 
 def convert_capture(
@@ -61,7 +62,8 @@ def convert_capture(
                           ExitStatus.USAGE)
     output, created = open_output(destination)
     try:
-        events = read_capture(str(source))
+        tail: list[int] = []
+        events = read_capture(str(source), tail=tail)
         with output as out:
             out.write(section_header_block(comment, userappl=f"kubectl-zsniff {__version__}"))
             entries = sorted((ip, [name]) for ip, name in names.items())
@@ -98,7 +100,8 @@ def convert_capture(
             "give a file written by zsniff, ksniff, tcpdump -w, tshark -w or Wireshark",
             ExitStatus.USAGE,
         ) from exc
-    return ConvertSummary(packets, len(interface_map), len(names), kept_names)
+    return ConvertSummary(packets, len(interface_map), len(names), kept_names,
+                          tail[0] if tail else 0)
 
 
 def _interface(event: Interface, source_name: str, new_id: int) -> bytes:
@@ -122,8 +125,9 @@ def hosts_file_text(names: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_private(path: Path, text: str) -> None:
-    with open_private(path) as out:
+def write_text_private(path: Path, text: str, flag: str = "-o") -> None:
+    """Write a text file, owner-only when new; errors name the `flag` that gave the path."""
+    with open_private(path, flag=flag) as out:
         out.write(text.encode("utf-8"))
 
 

@@ -91,6 +91,7 @@ class OutputOptions:
     zeek_dir: Path | None = None
     zeek_scripts: tuple[str, ...] = ()
     view: bool = False
+    force: bool = False  # overwrite an existing, non-empty regular file
 
     @property
     def to_stdout(self) -> bool:

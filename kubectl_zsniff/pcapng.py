@@ -947,11 +947,13 @@ def read_capture(
     *,
     chunk_size: int = 256 * 1024,
     allow_truncated: bool = True,
+    tail: list[int] | None = None,
 ) -> Iterator[CaptureEvent]:
     """Events of a pcap or pcapng file, stream or buffer, in file order.
 
     A tail cut inside a block is dropped (like tshark and capinfos do) unless
-    ``allow_truncated`` is False, which raises ``PcapFormatError`` instead.
+    ``allow_truncated`` is False, which raises ``PcapFormatError`` instead. ``tail``, when
+    given, receives the number of bytes so dropped (0: the file ends on a whole block).
     """
     parser = CapturePushParser()
     if isinstance(source, bytes | bytearray | memoryview):
@@ -961,10 +963,20 @@ def read_capture(
             yield from _read_stream(parser, stream, chunk_size)
     else:
         yield from _read_stream(parser, source, chunk_size)
+    if tail is not None:
+        tail.append(parser.pending_bytes)
     if parser.pending_bytes and not allow_truncated:
         raise PcapFormatError(
             f"capture ends inside a block: {parser.pending_bytes} trailing bytes",
         )
+
+
+def truncated_bytes(path: str | os.PathLike[str]) -> int:
+    """How many bytes at the end of a capture file are cut inside a block (0: none)."""
+    tail: list[int] = []
+    for _ in read_capture(path, tail=tail):
+        pass
+    return tail[0] if tail else 0
 
 
 def _read_stream(

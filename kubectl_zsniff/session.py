@@ -25,7 +25,7 @@ from .kube import KubeClient, load_client
 from .names import NameBook
 from .options import CaptureOptions, OutputFormat
 from .sinks import Sink
-from .sinks.file import FileSink
+from .sinks.file import FileSink, refuse_overwrite
 
 
 def output_format_for(path: Path | None, explicit: OutputFormat | None) -> OutputFormat:
@@ -91,7 +91,30 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None) -> list[
     return sinks
 
 
+def output_notes(opts: CaptureOptions) -> list[str]:
+    """What the user may not expect of the output they asked for."""
+    out = opts.output
+    notes: list[str] = []
+    if out.path is None:
+        return notes
+    suffix = out.path.suffix.lower()
+    said = {".pcap": OutputFormat.PCAP, ".cap": OutputFormat.PCAP,
+            ".pcapng": OutputFormat.PCAPNG}.get(suffix)
+    if not out.to_stdout and said is not None and said != out.fmt:
+        notes.append(f"warning: writing {out.fmt.value} into {out.path.name} as --format "
+                     f"asks, although its name says {said.value}")
+    if out.fmt == OutputFormat.PCAP and opts.names:
+        notes.append("note: classic pcap has no place for names, so the capture holds "
+                     "addresses only; pcapng keeps the pod names (or: kubectl zsniff hosts "
+                     "-o k8s.hosts, then tshark -H k8s.hosts -N n)")
+    return notes
+
+
 def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
+    if opts.output.path is not None and not opts.output.to_stdout:
+        refuse_overwrite(opts.output.path, opts.output.force)
+    for note in output_notes(opts):
+        reporter.progress(note)
     check_tools(opts)
     check_filter_locally(opts.tcpdump)
     kube = load_client(opts.kube)

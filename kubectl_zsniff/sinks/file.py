@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import select
+import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -16,7 +17,8 @@ from . import PipeWriter, ReaderClosed
 OWNER_ONLY = 0o600
 
 
-def open_output(path: Path, buffering: int = 1 << 20) -> tuple[BinaryIO, bool]:
+def open_output(path: Path, buffering: int = 1 << 20,
+                flag: str = "-w") -> tuple[BinaryIO, bool]:
     """Open `path` for writing; (file, created).
 
     A path that does not exist is created with mode 0600 (O_EXCL: it is ours, so it may later be
@@ -35,7 +37,7 @@ def open_output(path: Path, buffering: int = 1 << 20) -> tuple[BinaryIO, bool]:
     except OSError as exc:
         raise ZsniffError(
             f"cannot write {path}: {exc.strerror}",
-            "choose another path with -w, or check the folder's permissions",
+            f"choose another path with {flag}, or check the folder's permissions",
             ExitStatus.OUTPUT_ERROR,
         ) from exc
     if created:
@@ -44,9 +46,26 @@ def open_output(path: Path, buffering: int = 1 << 20) -> tuple[BinaryIO, bool]:
     return os.fdopen(fd, "wb", buffering=buffering), created
 
 
-def open_private(path: Path, buffering: int = 1 << 20) -> BinaryIO:
+def refuse_overwrite(path: Path, force: bool, instead: str = "give -w another file") -> None:
+    """An existing regular file with data in it is not overwritten without --force (kubectl's
+    way: refuse rather than surprise). Devices, FIFOs and empty files are written to."""
+    if force:
+        return
+    try:
+        info = os.stat(path)
+    except OSError:
+        return  # missing (created later), or unreadable: open_output says why
+    if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+        raise ZsniffError(
+            f"{path} already exists ({info.st_size:,} bytes); it is not overwritten",
+            f"add --force to overwrite it, or {instead}",
+            ExitStatus.OUTPUT_ERROR,
+        )
+
+
+def open_private(path: Path, buffering: int = 1 << 20, flag: str = "-w") -> BinaryIO:
     """`open_output` without the flag: a new file is 0600, an existing one keeps its mode."""
-    return open_output(path, buffering)[0]
+    return open_output(path, buffering, flag)[0]
 
 
 class FileSink:

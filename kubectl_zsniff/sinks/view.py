@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..words import plural
+
 SHB_TYPE = 0x0A0D0D0A
 IDB_TYPE = 0x00000001
 NRB_TYPE = 0x00000004
@@ -133,10 +135,11 @@ class ViewSummary:
         if self.view_gone:
             return (
                 f"view ended early (exit {self.exit_code}); "
-                f"it showed {self.sent_packets} of {self.total_packets} packets"
+                f"it showed {self.sent_packets:,} of {plural(self.total_packets, 'packet')}"
             )
         if self.dropped_packets:
-            return f"view skipped {self.dropped_packets} of {self.total_packets} packets"
+            total = plural(self.total_packets, "packet")
+            return f"view skipped {self.dropped_packets:,} of {total}"
         return None
 
 

@@ -15,6 +15,7 @@ from ..errors import ExitStatus, ZsniffError
 from ..namemap import NameSource
 from ..zeeklog import FileSummary, enrich_directory
 from . import PipeWriter
+from .file import open_private
 
 # Where Zeek's own packages and source builds install it; neither is on PATH by default.
 ZEEK_DIRS: tuple[str, ...] = ("/usr/local/zeek/bin", "/opt/zeek/bin")
@@ -123,10 +124,10 @@ class ZeekSink:
         if self._proc is not None:
             return
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             with (
-                open(self.directory / STDOUT_NAME, "wb") as out,
-                open(self.stderr_path, "wb") as err,
+                open_private(self.directory / STDOUT_NAME, 0) as out,
+                open_private(self.stderr_path, 0) as err,
             ):
                 # Own session: Ctrl-C must stop the capture, not Zeek; closing its stdin then
                 # lets Zeek finish the packets already sent and write complete logs.
@@ -138,6 +139,8 @@ class ZeekSink:
                     stderr=err,
                     bufsize=0,
                     start_new_session=True,
+                    # The logs Zeek writes are owner-only, like the captures.
+                    umask=0o077,
                 )
         except OSError as exc:
             raise ZsniffError(

@@ -40,6 +40,8 @@ ZSNIFF: list[str] = [
     "import sys; sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli import main; main()",
 ]
 _names = itertools.count(1)
+# Subcommands that take no --image (they inject nothing).
+NOT_CAPTURING = ("view", "convert", "hosts", "enrich", "leftovers")
 
 
 def unique(prefix: str) -> str:
@@ -66,7 +68,7 @@ class Zsniff:
         args = list(args)
         if "--kubeconfig" not in args:
             args += ["--kubeconfig", str(self.kubeconfig)]
-        if "--image" not in args:
+        if "--image" not in args and not (args and args[0] in NOT_CAPTURING):
             args += ["--image", self.image]
         return [*ZSNIFF, *args]
 

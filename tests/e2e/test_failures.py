@@ -181,6 +181,37 @@ def _empty_capture(c: Ctx) -> str:
     return str(path)
 
 
+def _existing_output(c: Ctx) -> list[str]:
+    existing = c.tmp / "existing.pcapng"
+    existing.write_bytes(b"an earlier capture")
+    return [c.pod(), "-w", str(existing)]
+
+
+def _image_pull_backoff(c: Ctx) -> list[str]:
+    pod = c.pod(image="registry.example/does-not-exist:1", wait=False)
+    c.cluster.wait_for(pod, "default", lambda p: any(
+        (s.get("state") or {}).get("waiting", {}).get("reason") == "ImagePullBackOff"
+        for s in p["status"].get("containerStatuses") or ()), timeout=120)
+    return [pod]
+
+
+def _elsewhere(c: Ctx) -> list[str]:
+    return [c.pod("baseline")]  # looked for in "default"
+
+
+def _other_ca(cfg: dict[str, Any]) -> None:
+    """A CA that did not sign the API server's certificate."""
+    import base64
+
+    pem = next(p for p in sorted(Path("/etc/ssl/certs").glob("*.pem")) if p.is_file())
+    cfg["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(
+        pem.read_bytes()).decode()
+
+
+def _kubeconfig_arg(c: Ctx) -> list[str]:
+    return ["--kubeconfig", str(c.cluster.kubeconfig)]
+
+
 def _hosts_file(c: Ctx) -> str:
     path = c.tmp / "k8s.hosts"
     path.write_text("10.244.1.9\tshop/web\n")
@@ -238,6 +269,7 @@ class Case:
     output: bool = True  # add -w FILE (and check that no file is left)
     raw: bool = False  # run exactly these arguments (offline commands: no --kubeconfig added)
     hint_words: tuple[str, ...] = ()  # words the `hint:` line must contain
+    hint_absent: tuple[str, ...] = ()  # words the `hint:` line must not contain
 
 
 CASES = [
@@ -264,7 +296,7 @@ CASES = [
     Case("unauthorized", lambda c: [c.pod(), "--kubeconfig", c.kubeconfig(_token)], 13,
          ("credentials", "401")),
     Case("tls-unverified", lambda c: [c.pod(), "--kubeconfig", c.kubeconfig(_no_ca)], 12,
-         ("TLS",)),
+         ("TLS", "certificate")),
     Case("no-net-raw-on-cri-o", _crio, 11, ("not allowed to capture",)),
     Case("wireshark-missing", _no_wireshark, 15, ("Wireshark",), output=False),
     Case("zeek-missing", _no_zeek, 15, ("Zeek",), output=False),
@@ -314,12 +346,13 @@ CASES = [
          output=False),
     # --- refusals before capturing ---
     Case("namespace-missing", lambda c: ["web", "-n", "no-such-namespace"], 3,
-         ("not found", "no-such-namespace")),
+         ('namespace "no-such-namespace" not found',), hint_words=("kubectl get namespaces",)),
     Case("selector-matches-nothing", lambda c: ["-l", "app=no-such-app"], 3,
          ("no running pod matches", "app=no-such-app")),
     Case("too-many-pods", _two_labelled, 2, ("at most 1",), hint_words=("--max-pods",)),
     Case("interface-missing", lambda c: [c.pod(), "-i", "nope0"], 11,
-         ("cannot open interface", "nope0")),
+         ("cannot open interface", "nope0"), hint_words=("kubectl exec -n default e2e-fail-",),
+         hint_absent=(" POD ",)),
     Case("output-folder-missing", lambda c: [c.pod(), "-w", str(c.tmp / "no" / "x.pcapng")], 16,
          ("cannot write",), output=False),
     Case("wireshark-path-wrong", lambda c: [c.pod(), "--wireshark", "--wireshark-path",
@@ -341,6 +374,39 @@ CASES = [
                     str(c.tmp / "no-hosts")], 2, ("cannot read", "no-hosts"), raw=True),
     Case("view-missing-argument", lambda c: ["view"], 2, ("CAPTURE_FILE",), output=False,
          raw=True, hint_words=("view --help",)),
+    # --- issue 9's rough edges, part 2 ---
+    Case("output-exists", _existing_output, 16, ("existing.pcapng", "already exists"),
+         output=False, hint_words=("--force",)),
+    Case("force-without-file", lambda c: ["web", "--force", "-w", "-"], 2,
+         ("--force", "-w FILE"), output=False),
+    Case("format-without-file", lambda c: ["web", "--zeek", str(c.tmp / "z"), "--format",
+                                           "pcap"], 2, ("--format", "-w"), output=False),
+    Case("selector-with-pod-word", lambda c: ["web", "-l", "app=web"], 2,
+         ("with -l", "'web'", "leave out -l")),
+    Case("pod-in-another-namespace", _elsewhere, 3, ("not found", 'namespace "default"'),
+         hint_words=("exists in namespace baseline", "-n baseline")),
+    Case("namespace-slash-pod-missing", lambda c: ["no-such-namespace/web"], 3,
+         ('namespace "no-such-namespace" not found',), hint_words=("kubectl get namespaces",)),
+    Case("not-a-pod-svc", lambda c: ["svc/web"], 2, ("only pods", "svc")),
+    Case("pod-image-pull-backoff", _image_pull_backoff, 4,
+         ("not running", "image cannot be pulled", "ImagePullBackOff"),
+         hint_words=("kubectl describe pod",), hint_absent=("kubectl wait",)),
+    Case("tls-other-ca", lambda c: [c.pod(), "--kubeconfig", c.kubeconfig(_other_ca)], 12,
+         ("TLS verification", "certificate")),
+    Case("debug-on-an-explained-error", lambda c: ["no-such-pod", "--debug"], 3,
+         ("not found",)),
+    Case("enrich-not-a-zeek-log",
+         lambda c: ["enrich", _text_file(c), "--names-from", _hosts_file(c)], 2,
+         ("notacapture.txt", "not a Zeek log"), output=False, raw=True),
+    Case("hosts-output-folder-missing",
+         lambda c: ["hosts", "-o", str(c.tmp / "no" / "k8s.hosts"), *_kubeconfig_arg(c)], 16,
+         ("cannot write",), output=False, raw=True, hint_words=("with -o",),
+         hint_absent=("-w",)),
+    Case("hosts-namespace-without-names",
+         lambda c: ["hosts", "-n", "no-such-namespace", *_kubeconfig_arg(c)], 3,
+         ("no pod, service or node names", "no-such-namespace"), output=False, raw=True),
+    Case("leftovers-pod-missing", lambda c: ["leftovers", "no-such-pod", *_kubeconfig_arg(c)],
+         3, ("not found", "no-such-pod"), output=False, raw=True),
 ]
 
 
@@ -379,6 +445,8 @@ def test_failure_is_explained(case: Case, ctx: Ctx, zsniff: Zsniff) -> None:
     hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
     for word in case.hint_words:
         assert word in hint, f"{word!r} not in {hint!r}"
+    for word in case.hint_absent:
+        assert word not in hint, f"{word!r} in {hint!r}"
     assert not out.exists(), "a failed capture left a file behind"
     left = {p.name for p in ctx.tmp.iterdir()} - before
     assert not left, f"files left behind: {left}"

@@ -6,6 +6,7 @@ The traces are Zeek's own test traces (../shared/data/zeek) and a capture made w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -169,3 +170,71 @@ def test_enrich_command_rejects_a_missing_path(tmp_path: Path) -> None:
     result = zsniff("enrich", str(tmp_path / "nope"), "--names-from", "/dev/null")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+# --- the CLI's offline commands, as a user runs them (this checkout, a fresh interpreter) ---
+
+CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
+       "from kubectl_zsniff.cli import main; main()"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(cwd))
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env=env)
+
+
+def _two_packet_pcap(path: Path, cut: int = 0) -> Path:
+    from kubectl_zsniff.pcap import encode_pcap_header, encode_pcap_record
+    from tests.unit.capture_fixtures import udp_frame
+
+    data = encode_pcap_header(1) + b"".join(
+        encode_pcap_record(1000 + i, 0, udp_frame("10.1.0.9", "10.1.0.1", b"x" * 40))
+        for i in range(2))
+    path.write_bytes(data[:len(data) - cut] if cut else data)
+    return path
+
+
+def test_convert_and_view_of_a_truncated_capture_warn(tmp_path: Path) -> None:
+    """Like tshark ("cut short in the middle of a packet"): the whole packets are used, and
+    the user is told the file ended mid-packet. A whole file gets no warning."""
+    hosts = tmp_path / "k8s.hosts"
+    hosts.write_text("10.1.0.9 shop/web\n")
+    cut = _two_packet_pcap(tmp_path / "cut.pcap", cut=10)
+    whole = _two_packet_pcap(tmp_path / "whole.pcap")
+    converted = run_cli("convert", str(cut), str(tmp_path / "cut.pcapng"), "--names-from",
+                        str(hosts), cwd=tmp_path)
+    assert converted.returncode == 0, converted.stderr
+    assert "warning: " in converted.stderr and "cut short in the middle of a packet" in \
+        converted.stderr, converted.stderr
+    assert "1 packet, 1 interface, 1 cluster name" in converted.stderr  # and in the singular
+    fine = run_cli("convert", str(whole), str(tmp_path / "whole.pcapng"), "--names-from",
+                   str(hosts), cwd=tmp_path)
+    assert fine.returncode == 0 and "warning" not in fine.stderr, fine.stderr
+    assert "2 packets, 1 interface" in fine.stderr
+    if shutil.which("tshark") is not None:
+        viewed = run_cli("view", str(cut), cwd=tmp_path)
+        assert viewed.returncode == 0, viewed.stderr
+        assert "cut short in the middle of a packet" in viewed.stderr, viewed.stderr
+        assert "1 packet shown" in viewed.stderr
+        assert "cut short" not in run_cli("view", str(whole), cwd=tmp_path).stderr
+
+
+def test_convert_refuses_to_overwrite_an_existing_file_without_force(tmp_path: Path) -> None:
+    hosts = tmp_path / "k8s.hosts"
+    hosts.write_text("10.1.0.9 shop/web\n")
+    source = _two_packet_pcap(tmp_path / "in.pcap")
+    out = tmp_path / "out.pcapng"
+    out.write_bytes(b"keep me")
+    refused = run_cli("convert", str(source), str(out), "--names-from", str(hosts),
+                      cwd=tmp_path)
+    assert refused.returncode == 16, refused.stderr
+    assert "error: " in refused.stderr and "already exists" in refused.stderr
+    assert "hint: " in refused.stderr and "--force" in refused.stderr
+    assert out.read_bytes() == b"keep me"
+    forced = run_cli("convert", str(source), str(out), "--names-from", str(hosts), "--force",
+                     cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert out.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"

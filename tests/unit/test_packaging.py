@@ -81,6 +81,7 @@ def test_console_script_help_is_fast_and_shows_examples() -> None:
     fastest, out = _fastest([sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
                              "from kubectl_zsniff.cli import main; main()", "--help"], env)
     assert "Examples:" in out and "--wireshark" in out
+    assert "--version" in out and "--force" in out  # every flag is listed
     assert fastest < HELP_SECONDS, f"--help took {fastest:.2f} s at best"
     assert fastest - bare < HELP_OVER_BARE_START, (
         f"--help took {fastest:.2f} s at best, {fastest - bare:.2f} s over a bare start")

@@ -267,7 +267,7 @@ def test_slow_view_never_blocks_and_the_file_beside_it_keeps_every_packet(
     assert summary.total_packets == total
     assert summary.dropped_packets > 0
     assert summary.sent_packets + summary.dropped_packets == total
-    assert summary.message() == f"view skipped {summary.dropped_packets} of {total} packets"
+    assert summary.message() == f"view skipped {summary.dropped_packets:,} of {total:,} packets"
     assert _count_packets(saved) == total  # the file beside the slow view lost nothing
 
     # The view got only whole blocks: headers and names all, packets as counted, skip markers.

@@ -130,6 +130,10 @@ def test_zeek_sink_with_stand_in_zeek_program_feeds_every_byte_and_names_the_log
     assert run["size"] == len(data) and run["sha256"] == hashlib.sha256(data).hexdigest()
     assert summary.returncode == 0 and summary.bytes_written == len(data)
     assert (out / "zeek.stdout").read_text() == "stand-in zeek: done\n"
+    # Owner-only like the captures: Zeek's logs (made under our umask), its output, the folder.
+    for path in (out / "conn.log", out / "zeek.stdout", out / "zeek.stderr"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
 
     (conn,) = [f for f in summary.files if f.path.name == "conn.log"]
     assert conn.skipped is None and conn.rows > 0
