@@ -99,13 +99,13 @@ def test_kubeconfig_list_skips_missing_entries(
     env = zsniff_env(zsniff.home)  # drops any KUBECONFIG of the caller's
     env["KUBECONFIG"] = f"{tmp_path / 'missing'}:{zsniff.kubeconfig}"
     out = tmp_path / "c.pcapng"
-    result = subprocess.run([*ZSNIFF, quiet_pod, "--image", "busybox", "-d", "1s", "-w",
+    result = subprocess.run([*ZSNIFF, quiet_pod, "--image", zsniff.image, "-d", "1s", "-w",
                              str(out)], capture_output=True, text=True, timeout=90, env=env)
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0
     env["KUBECONFIG"] = f"{tmp_path / 'missing'}:{tmp_path / 'missing2'}"
-    result = subprocess.run([*ZSNIFF, quiet_pod, "-w", str(out)], capture_output=True,
-                            text=True, timeout=90, env=env)
+    result = subprocess.run([*ZSNIFF, quiet_pod, "-w", str(tmp_path / "d.pcapng")],
+                            capture_output=True, text=True, timeout=90, env=env)
     assert_clean_error(result, 2, "KUBECONFIG", "missing2")
 
 
