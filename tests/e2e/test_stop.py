@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from tests.e2e.conftest import (
     Zsniff,
     assert_no_capture_left,
     capinfos_ok,
+    drop_pair,
     load,
+    make_pair,
     stop_process,
     wait_capture_live,
     wait_until,
@@ -258,10 +261,20 @@ def _capture_container_states(cluster: Any, namespace: str, pod: str) -> dict[st
             if s["name"].startswith("zsniff")}
 
 
+@pytest.fixture
+def fresh_pair(cluster: Any) -> Iterator[PodPair]:
+    """Pods no capture has touched: a running capture container would be reused, with the
+    idle lifetime it was started with."""
+    fresh = make_pair(cluster, prefix="idle")
+    yield fresh
+    drop_pair(fresh)
+
+
 def test_idle_lifetime_keeps_the_container_while_capturing_then_ends_it(
-        pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
+        fresh_pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
     """--idle-lifetime 3s: a capture of 9 s outlives it (tcpdump keeps the container alive
     to the end), and once the capture is over the capture container exits by itself."""
+    pair = fresh_pair
     out = tmp_path / "idle.pcapng"
     traffic = pair.traffic(icmp=1, seconds=60, pause=0.1)
     try:
@@ -275,7 +288,7 @@ def test_idle_lifetime_keeps_the_container_while_capturing_then_ends_it(
     times = sorted(p.ts_ns / 1e9 for p in packets)
     assert times and times[-1] - times[0] > 7, "the capture did not last its 9 s"
     states = _capture_container_states(pair.cluster, pair.namespace, pair.web)
-    assert states, "no capture container in the pod"
+    assert len(states) == 1, f"not one capture container in the pod: {states}"
     # Exits within the lifetime plus the script's 2 s poll (and some slack for the node).
     wait_until(lambda: all(s == "terminated" for s in _capture_container_states(
         pair.cluster, pair.namespace, pair.web).values()), 20,
