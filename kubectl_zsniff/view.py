@@ -534,7 +534,40 @@ def view_file(
     require_capture_file(path)
     if display_filter:
         check_display_filter(display_filter)
-    capture = file_capture(path, display_filter, time_format, hosts_file)
+    with _whole_packets(path) as readable:
+        return _render_file(path, readable, console, display_filter, count, time_format,
+                            hosts_file)
+
+
+@contextlib.contextmanager
+def _whole_packets(path: str) -> Any:
+    """The path tshark should read: the file itself, or (when it ends inside a packet) an
+    owner-only copy of its whole packets. tshark fails on a cut tail ("appears to have been
+    cut short"), and pyshark then raises while rows are still being printed."""
+    from .pcapng import truncated_bytes
+
+    tail = truncated_bytes(path)
+    if not tail:
+        yield path
+        return
+    import tempfile
+
+    size = os.path.getsize(path) - tail
+    with open(path, "rb") as src, tempfile.NamedTemporaryFile(
+            prefix="zsniff-whole-", suffix=os.path.splitext(path)[1]) as copy:
+        while size > 0:
+            chunk = src.read(min(size, 1 << 20))
+            if not chunk:
+                break
+            copy.write(chunk)
+            size -= len(chunk)
+        copy.flush()
+        yield copy.name
+
+
+def _render_file(path: str, readable: str, console: Console, display_filter: str | None,
+                 count: int | None, time_format: TimeFormat, hosts_file: str | None) -> int:
+    capture = file_capture(readable, display_filter, time_format, hosts_file)
     try:
         return render_packets(capture, console, count=count)
     except Exception as exc:

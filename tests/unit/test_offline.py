@@ -215,10 +215,14 @@ def test_convert_and_view_of_a_truncated_capture_warn(tmp_path: Path) -> None:
     assert fine.returncode == 0 and "warning" not in fine.stderr, fine.stderr
     assert "2 packets, 1 interface" in fine.stderr
     if shutil.which("tshark") is not None:
-        viewed = run_cli("view", str(cut), cwd=tmp_path)
-        assert viewed.returncode == 0, viewed.stderr
-        assert "cut short in the middle of a packet" in viewed.stderr, viewed.stderr
-        assert "1 packet shown" in viewed.stderr
+        # tshark itself fails on the cut tail, and pyshark raised while rows were still
+        # printed (exit 2 or 0 by timing): every run must show the whole packet and warn.
+        for _ in range(3):
+            viewed = run_cli("view", str(cut), cwd=tmp_path)
+            assert viewed.returncode == 0, viewed.stderr
+            assert "cut short in the middle of a packet" in viewed.stderr, viewed.stderr
+            assert "1 packet shown" in viewed.stderr
+            assert "10.1.0.9" in viewed.stdout
         assert "cut short" not in run_cli("view", str(whole), cwd=tmp_path).stderr
 
 
