@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .errors import ExitStatus, ZsniffError
 from .options import (
+    DEFAULT_BUFFER_KIB,
     DEFAULT_IMAGE,
     DEFAULT_SNAPLEN,
     CaptureLimits,
@@ -223,6 +224,15 @@ def _kube_options(func: Any) -> Any:
     default=DEFAULT_SNAPLEN,
     show_default=True,
     help="Bytes kept of each packet (tcpdump -s).",
+)
+@click.option(
+    "-B",
+    "--buffer-size",
+    "buffer_kib",
+    type=click.IntRange(256, 1 << 20),
+    default=DEFAULT_BUFFER_KIB,
+    show_default=True,
+    help="Kernel capture buffer in KiB (tcpdump -B); raise it if packets are dropped.",
 )
 @click.option(
     "--count",
@@ -446,7 +456,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
         ),
         tcpdump=TcpdumpOptions(
-            kw["interface"], kw["snaplen"], filter_text, not kw["no_promiscuous"]
+            kw["interface"], kw["snaplen"], filter_text, not kw["no_promiscuous"],
+            kw["buffer_kib"],
         ),
         limits=CaptureLimits(kw["packet_count"], kw["duration"], kw["max_size"]),
         output=OutputOptions(

@@ -337,6 +337,7 @@ CASES = [
     Case("bad-start-timeout", lambda c: ["web", "--start-timeout", "soon"], 2,
          ("not a duration",)),
     Case("snaplen-too-big", lambda c: ["web", "-s", "999999"], 2, ("--snaplen",)),
+    Case("buffer-too-small", lambda c: ["web", "-B", "10"], 2, ("--buffer-size",)),
     Case("bad-format", lambda c: ["web", "--format", "json"], 2, ("--format", "json")),
     Case("filter-twice", lambda c: ["web", "-f", "tcp", "udp"], 2, ("not both",)),
     Case("not-a-pod", lambda c: ["deploy/web"], 2, ("only pods", "deploy")),
