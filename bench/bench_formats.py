@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubectl_zsniff.pcap import (  # noqa: E402
+from kubectl_zsniff.formats.pcap import (  # noqa: E402
     Packet,
     PcapStreamParser,
     encode_pcap_header,
     encode_pcap_record,
 )
-from kubectl_zsniff.pcapng import (  # noqa: E402
+from kubectl_zsniff.formats.pcapng import (  # noqa: E402
     CapturePushParser,
     PcapngPacketEncoder,
     enhanced_packet_block,

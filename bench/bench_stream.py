@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kubectl_zsniff.pcap import encode_pcap_header  # noqa: E402
+from kubectl_zsniff.formats.pcap import encode_pcap_header  # noqa: E402
 
 KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
 POD = "bench-stream"
@@ -204,7 +204,7 @@ def help_time(env: dict[str, str], runs: int = 10) -> float:
 def first_packet_time(handle: Any, env: dict[str, str], kubeconfig: Path,
                       work: Path) -> float | None:
     """Seconds from launching a capture (traffic flowing) to its first packet in the file."""
-    from kubectl_zsniff.pcapng import PacketRecord, read_capture
+    from kubectl_zsniff.formats.pcapng import PacketRecord, read_capture
 
     out = work / "first.pcapng"
     out.unlink(missing_ok=True)

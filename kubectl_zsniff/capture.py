@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 from .errors import ExitStatus, ZsniffError
 from .execws import ApiEndpoint, ExecSession, StreamLostError, exec_capture_output
+from .formats.pcap import encode_pcap_header
 from .inject import PodInfo, capture_command
 from .options import CaptureLimits, TcpdumpOptions
-from .pcap import encode_pcap_header
 from .pipeline import Lane, OutputPipeline, StopReason
 from .words import plural
 

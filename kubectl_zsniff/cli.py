@@ -594,7 +594,7 @@ def view_command(
             hosts_file,
         )
 
-        from .pcapng import truncated_bytes
+        from .formats.pcapng import truncated_bytes
 
         tail = truncated_bytes(capture_file)
         if tail:

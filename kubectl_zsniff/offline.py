@@ -12,10 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ExitStatus, ZsniffError
-from .namemap import PodName, normalize_ip
-from .names import NameBook
-from .pcap import PcapFormatError
-from .pcapng import (
+from .formats.pcap import PcapFormatError
+from .formats.pcapng import (
     Interface,
     NameRecords,
     PacketRecord,
@@ -26,6 +24,8 @@ from .pcapng import (
     read_capture,
     section_header_block,
 )
+from .namemap import PodName, normalize_ip
+from .names import NameBook
 from .sinks.file import open_output, open_private
 
 

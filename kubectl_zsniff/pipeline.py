@@ -16,18 +16,18 @@ from typing import Any
 
 from . import __version__
 from .errors import ZsniffError
-from .inject import PodInfo
-from .names import NameBook
-from .options import CaptureLimits, TcpdumpOptions
-from .packetaddr import ip_addresses
-from .pcap import Packet, PcapHeader, PcapStreamParser
-from .pcapng import (
+from .formats.pcap import Packet, PcapHeader, PcapStreamParser
+from .formats.pcapng import (
     PcapngPacketEncoder,
     enhanced_packet_block,
     interface_description_block,
     name_resolution_block,
     section_header_block,
 )
+from .inject import PodInfo
+from .names import NameBook
+from .options import CaptureLimits, TcpdumpOptions
+from .packetaddr import ip_addresses
 from .sinks import ReaderClosed, ReaderStalled, Sink
 
 PCAP_HEADER_LENGTH = 24

@@ -496,8 +496,8 @@ def _close_quietly(capture: Any) -> None:
 def require_capture_file(path: str) -> None:
     """Refuse, as `convert` does, a file that does not start as a pcap or pcapng capture
     (tshark would otherwise show one bogus row for it)."""
-    from .pcap import PcapFormatError
-    from .pcapng import CapturePushParser
+    from .formats.pcap import PcapFormatError
+    from .formats.pcapng import CapturePushParser
 
     try:
         with open(path, "rb") as f:
@@ -544,7 +544,7 @@ def _whole_packets(path: str) -> Any:
     """The path tshark should read: the file itself, or (when it ends inside a packet) an
     owner-only copy of its whole packets. tshark fails on a cut tail ("appears to have been
     cut short"), and pyshark then raises while rows are still being printed."""
-    from .pcapng import truncated_bytes
+    from .formats.pcapng import truncated_bytes
 
     tail = truncated_bytes(path)
     if not tail:

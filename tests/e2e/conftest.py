@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from kubectl_zsniff.pcapng import Interface, NameRecords, PacketRecord, read_capture
+from kubectl_zsniff.formats.pcapng import Interface, NameRecords, PacketRecord, read_capture
 
 HERE = Path(__file__).resolve().parent
 PODNET = str(HERE / "podnet.py")

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kubectl_zsniff.pcapng import PacketRecord, read_capture
+from kubectl_zsniff.formats.pcapng import PacketRecord, read_capture
 from tests.e2e.conftest import (
     PodPair,
     RefCapture,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kubectl_zsniff.pcapng import Interface, NameRecords, PacketRecord, read_capture
+from kubectl_zsniff.formats.pcapng import Interface, NameRecords, PacketRecord, read_capture
 from tests.e2e.test_outputs import env_for, ping
 
 REPO = Path(__file__).resolve().parents[2]

@@ -174,7 +174,7 @@ def _text_file(c: Ctx) -> str:
 
 
 def _empty_capture(c: Ctx) -> str:
-    from kubectl_zsniff.pcap import encode_pcap_header
+    from kubectl_zsniff.formats.pcap import encode_pcap_header
 
     path = c.tmp / "empty.pcap"
     path.write_bytes(encode_pcap_header(linktype=1, snaplen=65535))

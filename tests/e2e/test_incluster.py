@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kubectl_zsniff.pcapng import Interface, SectionStart, read_capture
+from kubectl_zsniff.formats.pcapng import Interface, SectionStart, read_capture
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a private mount namespace)"),

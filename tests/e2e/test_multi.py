@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kubectl_zsniff.pcapng import Interface, PacketRecord, read_capture
+from kubectl_zsniff.formats.pcapng import Interface, PacketRecord, read_capture
 from tests.e2e.test_outputs import ZSNIFF, env_for, ping, wait_for_listening
 
 pytestmark = [

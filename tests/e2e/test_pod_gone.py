@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kubectl_zsniff.pcapng import read_capture
+from kubectl_zsniff.formats.pcapng import read_capture
 from tests.e2e.conftest import ZSNIFF, classify, load
 from tests.e2e.test_outputs import env_for, needs_ping, ping, wait_for_listening
 

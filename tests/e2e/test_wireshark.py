@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kubectl_zsniff.pcapng import NameRecords, PacketRecord, read_capture
+from kubectl_zsniff.formats.pcapng import NameRecords, PacketRecord, read_capture
 from tests.e2e.conftest import (
     ZSNIFF,
     assert_clean_error,

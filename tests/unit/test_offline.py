@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.formats.pcapng import Interface, PacketRecord, read_capture
 from kubectl_zsniff.offline import convert_capture, hosts_file_text, names_from_capture
-from kubectl_zsniff.pcapng import Interface, PacketRecord, read_capture
 from tests.shared_data import ZEEK_DATA, ZEEK_TRACES
 from tests.unit.capture_fixtures import capture_loopback_udp
 
@@ -108,11 +108,11 @@ def test_convert_refuses_junk_and_missing_files(tmp_path: Path) -> None:
 @needs_traces
 def test_names_read_back_follow_time(tmp_path: Path) -> None:
     from kubectl_zsniff.capture import OutputPipeline
+    from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
     from kubectl_zsniff.inject import PodInfo
     from kubectl_zsniff.namemap import PodName
     from kubectl_zsniff.names import NameBook
     from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
-    from kubectl_zsniff.pcap import encode_pcap_header, encode_pcap_record
     from tests.unit.test_pipeline import CollectingSink, udp_frame
 
     book = NameBook(clock=lambda: 0.0)
@@ -187,7 +187,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _two_packet_pcap(path: Path, cut: int = 0) -> Path:
-    from kubectl_zsniff.pcap import encode_pcap_header, encode_pcap_record
+    from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
     from tests.unit.capture_fixtures import udp_frame
 
     data = encode_pcap_header(1) + b"".join(

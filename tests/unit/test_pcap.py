@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_zsniff.pcap import (
+from kubectl_zsniff.formats.pcap import (
     PCAP_HEADER_LENGTH,
     ByteOrder,
     Packet,

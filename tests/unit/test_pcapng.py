@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_zsniff.pcap import Packet, PcapFormatError, PcapStreamParser, encode_pcap_header
-from kubectl_zsniff.pcapng import (
+from kubectl_zsniff.formats.pcap import (
+    Packet,
+    PcapFormatError,
+    PcapStreamParser,
+    encode_pcap_header,
+)
+from kubectl_zsniff.formats.pcapng import (
     CaptureEvent,
     CapturePushParser,
     CustomData,
@@ -582,7 +587,7 @@ def test_packet_counts_of_real_traces_match_capinfos(name: str) -> None:
 def test_feed_pcap_equals_parse_then_encode_on_random_chunkings(
     packet_ns: bool, interface_ns: bool
 ) -> None:
-    from kubectl_zsniff.pcap import encode_pcap_record
+    from kubectl_zsniff.formats.pcap import encode_pcap_record
 
     rng = random.Random(7)
     for order in ("<", ">"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kubectl_zsniff import pcapng
+from kubectl_zsniff.formats import pcapng
 from kubectl_zsniff.sinks.view import (
     PACKET_BLOCK_TYPES,
     SKIP_MARKER_TYPE,

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from kubectl_zsniff.errors import ZsniffError
+from ..errors import ZsniffError
 
 ByteOrder = Literal["<", ">"]
 
@@ -85,7 +85,7 @@ def _format_for_magic(magic: bytes) -> tuple[ByteOrder, bool]:
     if len(magic) == 4 and _MAGIC_LE.unpack(magic)[0] == PCAPNG_SHB_MAGIC:
         raise PcapFormatError(
             "input is pcapng, not classic pcap",
-            hint="read it with kubectl_zsniff.pcapng.read_capture",
+            hint="read it with kubectl_zsniff.formats.pcapng.read_capture",
         )
     raise PcapFormatError(
         f"not a pcap stream: magic {bytes(magic).hex()} is none of the four pcap magics",

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, NamedTuple
 
-from kubectl_zsniff.pcap import (
+from .pcap import (
     MAGIC_MICROSECONDS,
     MAGIC_NANOSECONDS,
     Packet,
