@@ -806,13 +806,9 @@ def _is_capture(path: str) -> bool:
         raise ZsniffError(f"cannot read {path}: {exc.strerror}",
                           "check the path given to --names-from",
                           ExitStatus.USAGE) from exc
-    return magic in (
-        b"\x0a\x0d\x0d\x0a",
-        b"\xd4\xc3\xb2\xa1",
-        b"\xa1\xb2\xc3\xd4",
-        b"\x4d\x3c\xb2\xa1",
-        b"\xa1\xb2\x3c\x4d",
-    )
+    from .formats.detect import capture_format
+
+    return capture_format(magic) is not None
 
 
 def _read_hosts(path: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ZsniffError
+from .formats.detect import PCAP_HEADER_LENGTH
 from .formats.pcap import Packet, PcapHeader, PcapStreamParser
 from .formats.pcapng import (
     PcapngPacketEncoder,
@@ -29,8 +30,6 @@ from .names import NameBook
 from .options import CaptureLimits, TcpdumpOptions
 from .packetaddr import ip_addresses
 from .sinks import ReaderClosed, ReaderStalled, Sink
-
-PCAP_HEADER_LENGTH = 24
 
 
 class StopReason(str, Enum):

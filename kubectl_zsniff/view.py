@@ -125,19 +125,18 @@ def require_tshark() -> str:
     return path
 
 
-# An empty little-endian pcap (header only, Ethernet): input for checking a display filter.
-_EMPTY_PCAP = bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")
-
-
 def check_display_filter(display_filter: str) -> None:
     """Raise the project's usage error if tshark rejects the display filter.
 
     Checked up front (~0.2 s, only when a filter is given) because pyshark reports tshark's exit
     only if it has been reaped by then: a rejected filter would otherwise race to an empty view.
     """
+    from .formats.pcap import encode_pcap_header
+
     result = subprocess.run(
         [require_tshark(), "-Y", display_filter, "-r", "-"],
-        input=_EMPTY_PCAP,
+        # An empty pcap (header only, Ethernet) is all tshark needs to check the filter.
+        input=encode_pcap_header(1, 65535),
         capture_output=True,
         check=False,
     )

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from ..errors import ZsniffError
+from .detect import (
+    MAGIC_MICROSECONDS,
+    MAGIC_NANOSECONDS,
+    PCAP_HEADER_LENGTH,
+    PCAP_MAGICS,
+    SHB_TYPE_BYTES,
+    ByteOrder,
+)
 
-ByteOrder = Literal["<", ">"]
-
-MAGIC_MICROSECONDS = 0xA1B2C3D4
-MAGIC_NANOSECONDS = 0xA1B23C4D
-PCAPNG_SHB_MAGIC = 0x0A0D0D0A
-PCAP_HEADER_LENGTH = 24
 RECORD_HEADER_LENGTH = 16
 
 # libpcap's own ceiling for most link types; a larger caplen means the stream is out of sync.
@@ -27,17 +29,10 @@ DEFAULT_MAX_CAPLEN = 262_144
 # The link type field also carries FCS information in its top 4 bits.
 _LINKTYPE_MASK = 0x0FFF_FFFF
 
-_MAGIC_LE = struct.Struct("<I")
 _HEADER = {order: struct.Struct(order + "IHHiIII") for order in ("<", ">")}
 _RECORD = {order: struct.Struct(order + "IIII") for order in ("<", ">")}
 # caplen alone, at offset 8 of a record header.
 _CAPLEN = {order: struct.Struct(order + "8xI") for order in ("<", ">")}
-_MAGIC_TO_FORMAT: dict[bytes, tuple[ByteOrder, bool]] = {
-    struct.pack("<I", MAGIC_MICROSECONDS): ("<", False),
-    struct.pack(">I", MAGIC_MICROSECONDS): (">", False),
-    struct.pack("<I", MAGIC_NANOSECONDS): ("<", True),
-    struct.pack(">I", MAGIC_NANOSECONDS): (">", True),
-}
 
 
 class PcapFormatError(ZsniffError, ValueError):
@@ -79,10 +74,10 @@ class Packet(NamedTuple):
 
 
 def _format_for_magic(magic: bytes) -> tuple[ByteOrder, bool]:
-    found = _MAGIC_TO_FORMAT.get(bytes(magic))
+    found = PCAP_MAGICS.get(bytes(magic))
     if found is not None:
         return found
-    if len(magic) == 4 and _MAGIC_LE.unpack(magic)[0] == PCAPNG_SHB_MAGIC:
+    if bytes(magic) == SHB_TYPE_BYTES:
         raise PcapFormatError(
             "input is pcapng, not classic pcap",
             hint="read it with kubectl_zsniff.formats.pcapng.read_capture",

@@ -10,21 +10,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, NamedTuple
 
-from .pcap import (
-    MAGIC_MICROSECONDS,
-    MAGIC_NANOSECONDS,
-    Packet,
-    PcapFormatError,
-    PcapStreamParser,
+from .detect import (
+    BLOCK_SHB,
+    BYTE_ORDER_MAGIC,
+    BYTE_ORDER_MAGICS,
+    SHB_TYPE_BYTES,
+    ByteOrder,
+    capture_format,
 )
+from .pcap import Packet, PcapFormatError, PcapStreamParser
 
-ByteOrder = Literal["<", ">"]
-
-BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 0x00000001
 BLOCK_PB_OBSOLETE = 0x00000002
 BLOCK_SPB = 0x00000003
@@ -33,7 +32,7 @@ BLOCK_ISB = 0x00000005
 BLOCK_EPB = 0x00000006
 BLOCK_CUSTOM_COPYABLE = 0x00000BAD
 BLOCK_CUSTOM_LOCAL = 0x40000BAD
-BYTE_ORDER_MAGIC = 0x1A2B3C4D
+PACKET_BLOCK_TYPES = frozenset({BLOCK_EPB, BLOCK_SPB, BLOCK_PB_OBSOLETE})
 
 OPT_ENDOFOPT = 0
 OPT_COMMENT = 1
@@ -67,23 +66,14 @@ _NANOS_PER_SECOND = 1_000_000_000
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _OPTION_HEADER = struct.Struct("<HH")
-_BLOCK_HEADER = struct.Struct("<II")
 _SHB_BODY = struct.Struct("<IHHq")
 _IDB_BODY = struct.Struct("<HHI")
 _EPB_HEADER = struct.Struct("<7I")
 _ISB_BODY = struct.Struct("<III")
 _NRB_RECORD_HEADER = struct.Struct("<HH")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
-_SHB_TYPE_BYTES = _U32.pack(BLOCK_SHB)  # a palindrome: the same in both byte orders
-_BOM_ORDER: dict[bytes, ByteOrder] = {
-    struct.pack("<I", BYTE_ORDER_MAGIC): "<",
-    struct.pack(">I", BYTE_ORDER_MAGIC): ">",
-}
-_PCAP_MAGICS = frozenset(
-    struct.pack(order + "I", magic)
-    for order in "<>"
-    for magic in (MAGIC_MICROSECONDS, MAGIC_NANOSECONDS)
-)
+_BLOCK_HEADERS = {order: struct.Struct(order + "II") for order in ("<", ">")}
+_TRAILERS = {order: struct.Struct(order + "I") for order in ("<", ">")}
 
 
 def _pad4(length: int) -> int:
@@ -110,11 +100,12 @@ def _options(*encoded: bytes) -> bytes:
     return body + _OPTION_HEADER.pack(OPT_ENDOFOPT, 0) if body else b""
 
 
-def _block(block_type: int, body: bytes) -> bytes:
+def frame_block(block_type: int, body: bytes, order: ByteOrder = "<") -> bytes:
+    """One whole block: type, total length, ``body`` (padded to 32 bits), total length again."""
     if len(body) & 3:
         raise AssertionError("pcapng block body must be padded to 32 bits")
     total = len(body) + 12
-    return _BLOCK_HEADER.pack(block_type, total) + body + _U32.pack(total)
+    return _BLOCK_HEADERS[order].pack(block_type, total) + body + _TRAILERS[order].pack(total)
 
 
 def _split_u64(value: int) -> tuple[int, int]:
@@ -135,7 +126,7 @@ def section_header_block(
         _text_option(SHB_OS, os),
         _text_option(SHB_USERAPPL, userappl),
     )
-    return _block(BLOCK_SHB, body)
+    return frame_block(BLOCK_SHB, body)
 
 
 def interface_description_block(
@@ -157,7 +148,7 @@ def interface_description_block(
         b"" if filter is None else _option(IF_FILTER, b"\x00" + filter.encode("utf-8")),
         _text_option(IF_OS, os),
     )
-    return _block(BLOCK_IDB, body)
+    return frame_block(BLOCK_IDB, body)
 
 
 def enhanced_packet_block(
@@ -233,12 +224,12 @@ def name_resolution_blocks(
     for address, names in entries:
         for record in _nrb_record(address, names):
             if records and size + len(record) > max_block_bytes:
-                blocks.append(_block(BLOCK_NRB, b"".join(records) + _NRB_END + options))
+                blocks.append(frame_block(BLOCK_NRB, b"".join(records) + _NRB_END + options))
                 records, size = [], fixed
             records.append(record)
             size += len(record)
     if records or not blocks:
-        blocks.append(_block(BLOCK_NRB, b"".join(records) + _NRB_END + options))
+        blocks.append(frame_block(BLOCK_NRB, b"".join(records) + _NRB_END + options))
     return blocks
 
 
@@ -289,7 +280,7 @@ def interface_statistics_block(
         counter(ISB_OSDROP, os_dropped),
         counter(ISB_USRDELIV, delivered),
     )
-    return _block(BLOCK_ISB, body)
+    return frame_block(BLOCK_ISB, body)
 
 
 def custom_block(pen: int, payload: bytes, *, copyable: bool = True) -> bytes:
@@ -299,7 +290,7 @@ def custom_block(pen: int, payload: bytes, *, copyable: bool = True) -> bytes:
     tshark 4.0 lists custom blocks as extra frames: keep them out of capture output.
     """
     body = _U32.pack(pen) + payload + _PADDING[len(payload) & 3]
-    return _block(BLOCK_CUSTOM_COPYABLE if copyable else BLOCK_CUSTOM_LOCAL, body)
+    return frame_block(BLOCK_CUSTOM_COPYABLE if copyable else BLOCK_CUSTOM_LOCAL, body)
 
 
 class PcapFeed(NamedTuple):
@@ -548,6 +539,89 @@ class PcapngPacketEncoder:
 
 
 # ---------------------------------------------------------------------------------------------
+# Framing
+
+
+class BlockFramer:
+    """Cuts a pcapng byte stream into whole blocks: any chunking, either byte order, several
+    sections. The one reader of block framing (type, length, trailer, section byte order).
+
+    ``order`` None: the stream must start with a Section Header Block. Given, blocks before
+    the first SHB are read in that order. ``order`` follows each SHB's byte-order magic.
+    """
+
+    __slots__ = ("order", "_pending", "_needed", "_position")
+
+    def __init__(self, order: ByteOrder | None = None) -> None:
+        self.order: ByteOrder | None = order
+        self._pending = bytearray()
+        self._needed = 12  # bytes the next block needs before it can be framed
+        self._position = 0  # stream offset of the first byte not yet framed
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
+    def feed(
+        self, chunk: bytes | bytearray | memoryview, on_block: Callable[[int, memoryview], None]
+    ) -> None:
+        """Call ``on_block(block_type, whole block)`` for each block ``chunk`` completes.
+
+        The view is only valid during the call; an incomplete last block stays pending.
+        """
+        pending = self._pending
+        if pending or len(chunk) < self._needed:
+            pending += chunk
+            if len(pending) < self._needed:
+                return
+            data: bytes | bytearray | memoryview = bytes(pending)
+            pending.clear()
+        else:
+            data = chunk
+        end = len(data)
+        offset = 0
+        needed = 12
+        with memoryview(data) as view:
+            while end - offset >= 12:
+                order = self._block_order(view, offset)
+                block_type, length = _BLOCK_HEADERS[order].unpack_from(view, offset)
+                if length < 12 or length & 3 or length > MAX_BLOCK_LENGTH:
+                    raise PcapFormatError(
+                        f"pcapng block at byte {self._position + offset} has bad length {length}"
+                    )
+                if end - offset < length:
+                    needed = length
+                    break
+                trailer = _TRAILERS[order].unpack_from(view, offset + length - 4)[0]
+                if trailer != length:
+                    raise PcapFormatError(
+                        f"pcapng block at byte {self._position + offset}: trailer length "
+                        f"{trailer} differs from header length {length}"
+                    )
+                on_block(block_type, view[offset : offset + length])
+                offset += length
+            if offset < end:
+                pending += view[offset:]
+        self._position += offset
+        self._needed = needed
+
+    def _block_order(self, view: memoryview, offset: int) -> ByteOrder:
+        """The byte order of the block at ``offset``: a Section Header sets a new one."""
+        if view[offset : offset + 4] == SHB_TYPE_BYTES:
+            magic = bytes(view[offset + 8 : offset + 12])
+            order = BYTE_ORDER_MAGICS.get(magic)
+            if order is None:
+                raise PcapFormatError(
+                    f"pcapng section header at byte {self._position + offset} has "
+                    f"a bad byte-order magic {magic.hex()}"
+                )
+            self.order = order
+        elif self.order is None:
+            raise PcapFormatError("pcapng stream does not start with a Section Header")
+        return self.order
+
+
+# ---------------------------------------------------------------------------------------------
 # Reader events
 
 
@@ -642,12 +716,11 @@ def _units_to_ns(units: int, ticks_per_second: int, offset_seconds: int) -> int:
 class _Section:
     """Byte order and interfaces of the current pcapng section."""
 
-    __slots__ = ("order", "u32", "block_header", "interfaces", "epb", "option_header")
+    __slots__ = ("order", "u32", "interfaces", "epb", "option_header")
 
     def __init__(self, order: ByteOrder) -> None:
         self.order: ByteOrder = order
         self.u32 = struct.Struct(order + "I")
-        self.block_header = struct.Struct(order + "II")
         self.option_header = struct.Struct(order + "HH")
         self.epb = struct.Struct(order + "5I")
         self.interfaces: list[Interface] = []
@@ -664,8 +737,9 @@ class CapturePushParser:
         self.format: Literal["pcap", "pcapng"] | None = None
         self.bytes = 0
         self.packets = 0
-        self._pending = bytearray()
-        self._needed = 12
+        self._pending = bytearray()  # the first bytes, until they tell the format
+        self._framer = BlockFramer()
+        self._events: list[CaptureEvent] = []  # what the chunk being fed produced
         self._section: _Section | None = None
         self._pcap: PcapStreamParser | None = None
         self._pcap_interface: Interface | None = None
@@ -674,7 +748,7 @@ class CapturePushParser:
     def pending_bytes(self) -> int:
         if self._pcap is not None:
             return self._pcap.pending_bytes
-        return len(self._pending)
+        return len(self._pending) + self._framer.pending_bytes
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[CaptureEvent]:
         self.bytes += len(chunk)
@@ -687,11 +761,10 @@ class CapturePushParser:
             head = bytes(self._pending[:4])
             buffered = bytes(self._pending)
             self._pending.clear()
-            if head == _SHB_TYPE_BYTES:
-                self.format = "pcapng"
+            self.format = capture_format(head)
+            if self.format == "pcapng":
                 return self._feed_pcapng(buffered)
-            if head in _PCAP_MAGICS:
-                self.format = "pcap"
+            if self.format == "pcap":
                 self._pcap = PcapStreamParser()
                 return self._feed_pcap(buffered)
             raise PcapFormatError(
@@ -724,58 +797,20 @@ class CapturePushParser:
         return events
 
     def _feed_pcapng(self, chunk: bytes | bytearray | memoryview) -> list[CaptureEvent]:
-        pending = self._pending
-        if pending or len(chunk) < self._needed:
-            pending += chunk
-            if len(pending) < self._needed:
-                return []
-            data: bytes | bytearray | memoryview = bytes(pending)
-            pending.clear()
-        else:
-            data = chunk
         events: list[CaptureEvent] = []
-        end = len(data)
-        offset = 0
-        needed = 12
-        with memoryview(data) as view:
-            while end - offset >= 12:
-                section = self._section
-                if view[offset : offset + 4] == _SHB_TYPE_BYTES:
-                    magic = bytes(view[offset + 8 : offset + 12])
-                    if magic not in _BOM_ORDER:
-                        raise PcapFormatError(
-                            f"pcapng section header at byte {self.bytes - end + offset} has "
-                            f"a bad byte-order magic {magic.hex()}"
-                        )
-                    section = _Section(_BOM_ORDER[magic])
-                elif section is None:
-                    raise PcapFormatError("pcapng stream does not start with a Section Header")
-                block_type, length = section.block_header.unpack_from(view, offset)
-                if length < 12 or length & 3 or length > MAX_BLOCK_LENGTH:
-                    raise PcapFormatError(
-                        f"pcapng block at byte {self.bytes - end + offset} has bad length {length}"
-                    )
-                if end - offset < length:
-                    needed = length
-                    break
-                trailer = section.u32.unpack_from(view, offset + length - 4)[0]
-                if trailer != length:
-                    raise PcapFormatError(
-                        f"pcapng block at byte {self.bytes - end + offset}: trailer length "
-                        f"{trailer} differs from header length {length}"
-                    )
-                if block_type == BLOCK_SHB:
-                    self._section = section
-                event = self._decode_block(
-                    section, block_type, view[offset + 8 : offset + length - 4]
-                )
-                if event is not None:
-                    events.append(event)
-                offset += length
-            if offset < end:
-                pending += view[offset:]
-        self._needed = needed
+        self._events = events
+        self._framer.feed(chunk, self._on_block)
         return events
+
+    def _on_block(self, block_type: int, block: memoryview) -> None:
+        if block_type == BLOCK_SHB:
+            assert self._framer.order is not None
+            self._section = _Section(self._framer.order)
+        section = self._section
+        assert section is not None  # the framer refuses a stream that does not start with one
+        event = self._decode_block(section, block_type, block[8:-4])
+        if event is not None:
+            self._events.append(event)
 
     def _options(self, section: _Section, body: memoryview, offset: int) -> list[tuple[int, bytes]]:
         options: list[tuple[int, bytes]] = []

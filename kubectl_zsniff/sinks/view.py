@@ -28,14 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..formats.detect import ByteOrder
+from ..formats.pcapng import PACKET_BLOCK_TYPES, BlockFramer, frame_block
 from ..words import plural
 
-SHB_TYPE = 0x0A0D0D0A
-IDB_TYPE = 0x00000001
-NRB_TYPE = 0x00000004
-PACKET_BLOCK_TYPES = frozenset({0x00000006, 0x00000003, 0x00000002})  # EPB, SPB, obsolete PB
 SKIP_MARKER_TYPE = 0x80005A53  # local-use block type ("ZS"): never leaves the sink -> child pipe
-_BYTE_ORDER_MAGIC = 0x1A2B3C4D
 _PIPE_SIZE = 1 << 20  # Linux F_SETPIPE_SZ; default pipe-max-size is 1 MiB
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -46,47 +43,29 @@ class Block:
     data: bytes  # the whole block, header and trailer included
 
 
-class PcapngStreamError(ValueError):
-    """The bytes are not a pcapng block stream."""
-
-
 class BlockSplitter:
-    """Splits a pcapng byte stream into whole blocks; any chunking, either byte order."""
+    """Splits a pcapng byte stream into whole blocks (formats.pcapng's framer, bytes out)."""
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self.little_endian = True  # until an SHB says otherwise; our writer writes little-endian
+        # Little-endian until an SHB says otherwise: our writer writes little-endian.
+        self._framer = BlockFramer("<")
+
+    @property
+    def little_endian(self) -> bool:
+        return self._framer.order == "<"
 
     def feed(self, data: bytes) -> list[Block]:
-        buffer = self._buffer + data if self._buffer else data
         blocks: list[Block] = []
-        offset, size = 0, len(buffer)
-        while size - offset >= 12:
-            (raw_type,) = struct.unpack_from("<I", buffer, offset)
-            if raw_type == SHB_TYPE:  # palindromic type; the magic after it gives the order
-                (magic,) = struct.unpack_from("<I", buffer, offset + 8)
-                if magic == _BYTE_ORDER_MAGIC:
-                    self.little_endian = True
-                elif magic == int.from_bytes(_BYTE_ORDER_MAGIC.to_bytes(4, "little"), "big"):
-                    self.little_endian = False
-                else:
-                    raise PcapngStreamError("section header with a bad byte-order magic")
-            fmt = "<II" if self.little_endian else ">II"
-            block_type, length = struct.unpack_from(fmt, buffer, offset)
-            if length < 12 or length % 4:
-                raise PcapngStreamError(f"pcapng block of impossible length {length}")
-            if size - offset < length:
-                break
-            blocks.append(Block(block_type, bytes(buffer[offset : offset + length])))
-            offset += length
-        self._buffer = buffer[offset:]
+        self._framer.feed(
+            data, lambda block_type, block: blocks.append(Block(block_type, bytes(block)))
+        )
         return blocks
 
 
 def skip_marker(dropped_total: int, little_endian: bool = True) -> bytes:
     """The private block telling the view how many packets were dropped so far in total."""
-    order = "<" if little_endian else ">"
-    return struct.pack(order + "IIQI", SKIP_MARKER_TYPE, 20, dropped_total, 20)
+    order: ByteOrder = "<" if little_endian else ">"
+    return frame_block(SKIP_MARKER_TYPE, struct.pack(order + "Q", dropped_total), order)
 
 
 def parse_skip_marker(block: Block, little_endian: bool = True) -> int | None:
