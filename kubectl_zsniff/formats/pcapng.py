@@ -11,7 +11,7 @@ import ipaddress
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, NamedTuple
 
 from .detect import (
@@ -64,12 +64,8 @@ DEFAULT_MAX_NRB_BYTES = 64 * 1024
 
 _NANOS_PER_SECOND = 1_000_000_000
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 _OPTION_HEADER = struct.Struct("<HH")
-_SHB_BODY = struct.Struct("<IHHq")
-_IDB_BODY = struct.Struct("<HHI")
-_EPB_HEADER = struct.Struct("<7I")
-_ISB_BODY = struct.Struct("<III")
+_OPTION_HEADERS = {order: struct.Struct(order + "HH") for order in ("<", ">")}
 _NRB_RECORD_HEADER = struct.Struct("<HH")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 _BLOCK_HEADERS = {order: struct.Struct(order + "II") for order in ("<", ">")}
@@ -88,16 +84,6 @@ def _option(code: int, value: bytes) -> bytes:
     if len(value) > 0xFFFF:
         raise ValueError(f"pcapng option {code} value is {len(value)} bytes, over 65535")
     return _OPTION_HEADER.pack(code, len(value)) + value + _PADDING[len(value) & 3]
-
-
-def _text_option(code: int, text: str | None) -> bytes:
-    return b"" if text is None else _option(code, text.encode("utf-8"))
-
-
-def _options(*encoded: bytes) -> bytes:
-    # A block without options has no options field at all, not a lone opt_endofopt.
-    body = b"".join(encoded)
-    return body + _OPTION_HEADER.pack(OPT_ENDOFOPT, 0) if body else b""
 
 
 def frame_block(block_type: int, body: bytes, order: ByteOrder = "<") -> bytes:
@@ -120,13 +106,14 @@ def section_header_block(
     userappl: str | None = None,
 ) -> bytes:
     # Section length -1: we stream, so the length is never known in advance.
-    body = _SHB_BODY.pack(BYTE_ORDER_MAGIC, 1, 0, -1) + _options(
-        _text_option(OPT_COMMENT, comment),
-        _text_option(SHB_HARDWARE, hardware),
-        _text_option(SHB_OS, os),
-        _text_option(SHB_USERAPPL, userappl),
+    return encode_block(
+        BLOCK_SHB,
+        (BYTE_ORDER_MAGIC, 1, 0, -1),
+        comment=comment,
+        hardware=hardware,
+        os=os,
+        userappl=userappl,
     )
-    return frame_block(BLOCK_SHB, body)
 
 
 def interface_description_block(
@@ -139,16 +126,16 @@ def interface_description_block(
     filter: str | None = None,  # noqa: A002 - the pcapng option's own name
     comment: str | None = None,
 ) -> bytes:
-    body = _IDB_BODY.pack(linktype, 0, snaplen) + _options(
-        _text_option(OPT_COMMENT, comment),
-        _text_option(IF_NAME, name),
-        _text_option(IF_DESCRIPTION, description),
-        _option(IF_TSRESOL, b"\x09") if tsresol_nanos else b"",
-        # Filter type 0 means "libpcap filter string".
-        b"" if filter is None else _option(IF_FILTER, b"\x00" + filter.encode("utf-8")),
-        _text_option(IF_OS, os),
+    return encode_block(
+        BLOCK_IDB,
+        (linktype, 0, snaplen),
+        comment=comment,
+        name=name,
+        description=description,
+        tsresol=_NANOS_PER_SECOND if tsresol_nanos else None,
+        filter=filter,
+        os=os,
     )
-    return frame_block(BLOCK_IDB, body)
 
 
 def enhanced_packet_block(
@@ -162,17 +149,9 @@ def enhanced_packet_block(
     """One EPB; ``ts_units`` counts the interface's if_tsresol ticks since the epoch."""
     if caplen != len(data):
         raise ValueError(f"caplen {caplen} differs from the {len(data)} data bytes")
-    options = _options(_text_option(OPT_COMMENT, comment))
     high, low = _split_u64(ts_units)
-    total = 32 + _pad4(caplen) + len(options)
-    return b"".join(
-        (
-            _EPB_HEADER.pack(BLOCK_EPB, total, interface_id, high, low, caplen, origlen),
-            data,
-            _PADDING[caplen & 3],
-            options,
-            _U32.pack(total),
-        )
+    return encode_block(
+        BLOCK_EPB, (interface_id, high, low, caplen, origlen), data, comment=comment
     )
 
 
@@ -216,7 +195,7 @@ def name_resolution_blocks(
     max_block_bytes: int = DEFAULT_MAX_NRB_BYTES,
 ) -> list[bytes]:
     """NRBs mapping IP text to names; as many blocks as needed to stay under the size cap."""
-    options = _options(_text_option(OPT_COMMENT, comment))
+    options = encode_options(BLOCK_NRB, comment=comment)
     fixed = 12 + len(_NRB_END) + len(options)
     blocks: list[bytes] = []
     records: list[bytes] = []
@@ -259,28 +238,19 @@ def interface_statistics_block(
     comment: str | None = None,
 ) -> bytes:
     """ISB; for tcpdump's end-of-capture counters (received / dropped by kernel / by filter)."""
-
-    def counter(code: int, value: int | None) -> bytes:
-        return b"" if value is None else _option(code, _U64.pack(value))
-
-    def timestamp(code: int, units: int | None) -> bytes:
-        if units is None:
-            return b""
-        high, low = _split_u64(units)
-        return _option(code, struct.pack("<II", high, low))
-
     high, low = _split_u64(ts_units)
-    body = _ISB_BODY.pack(interface_id, high, low) + _options(
-        _text_option(OPT_COMMENT, comment),
-        timestamp(ISB_STARTTIME, start_units),
-        timestamp(ISB_ENDTIME, end_units),
-        counter(ISB_IFRECV, received),
-        counter(ISB_IFDROP, dropped),
-        counter(ISB_FILTERACCEPT, filter_accepted),
-        counter(ISB_OSDROP, os_dropped),
-        counter(ISB_USRDELIV, delivered),
+    return encode_block(
+        BLOCK_ISB,
+        (interface_id, high, low),
+        comment=comment,
+        start=start_units,
+        end=end_units,
+        received=received,
+        dropped=dropped,
+        filter_accepted=filter_accepted,
+        os_dropped=os_dropped,
+        delivered=delivered,
     )
-    return frame_block(BLOCK_ISB, body)
 
 
 def custom_block(pen: int, payload: bytes, *, copyable: bool = True) -> bytes:
@@ -289,8 +259,7 @@ def custom_block(pen: int, payload: bytes, *, copyable: bool = True) -> bytes:
     The block has no payload length, so readers see the payload padded with NULs to 32 bits.
     tshark 4.0 lists custom blocks as extra frames: keep them out of capture output.
     """
-    body = _U32.pack(pen) + payload + _PADDING[len(payload) & 3]
-    return frame_block(BLOCK_CUSTOM_COPYABLE if copyable else BLOCK_CUSTOM_LOCAL, body)
+    return encode_block(BLOCK_CUSTOM_COPYABLE if copyable else BLOCK_CUSTOM_LOCAL, (pen,), payload)
 
 
 class PcapFeed(NamedTuple):
@@ -705,6 +674,14 @@ def _tsresol_ticks(code: int) -> int:
     return (2 if code & 0x80 else 10) ** exponent
 
 
+def _tsresol_code(ticks: int) -> int:
+    """The if_tsresol byte for a power of ten ticks per second (all we write)."""
+    exponent = len(str(ticks)) - 1
+    if ticks != 10**exponent:
+        raise ValueError(f"if_tsresol of {ticks} ticks per second is not a power of ten")
+    return exponent
+
+
 def _units_to_ns(units: int, ticks_per_second: int, offset_seconds: int) -> int:
     if _NANOS_PER_SECOND % ticks_per_second == 0:
         ns = units * (_NANOS_PER_SECOND // ticks_per_second)
@@ -716,14 +693,373 @@ def _units_to_ns(units: int, ticks_per_second: int, offset_seconds: int) -> int:
 class _Section:
     """Byte order and interfaces of the current pcapng section."""
 
-    __slots__ = ("order", "u32", "interfaces", "epb", "option_header")
+    __slots__ = ("order", "interfaces")
 
     def __init__(self, order: ByteOrder) -> None:
         self.order: ByteOrder = order
-        self.u32 = struct.Struct(order + "I")
-        self.option_header = struct.Struct(order + "HH")
-        self.epb = struct.Struct(order + "5I")
         self.interfaces: list[Interface] = []
+
+    def ts_ns(self, interface_id: int, units: int) -> int:
+        if interface_id < len(self.interfaces):
+            interface = self.interfaces[interface_id]
+            return _units_to_ns(units, interface.tsresol, interface.tsoffset)
+        return _units_to_ns(units, 1_000_000, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block layouts: one table, read by the block encoders and by the reader
+
+
+OptionKind = Literal["text", "filter", "u64", "i64", "ts", "tsresol"]
+# Options as decoded: text, or a number (a timestamp option in raw if_tsresol units).
+Options = dict[str, str | int]
+_NO_OPTIONS: Options = {}  # shared, never written to
+# Builds a block's event from its fixed fields, data and options.
+BlockDecoder = Callable[["_Section", tuple[int, ...], memoryview, Options], "CaptureEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionLayout:
+    code: int
+    name: str  # the encoder's keyword and the reader's key
+    kind: OptionKind
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLayout:
+    """One block type: fixed fields, what follows them, options, and the event it reads as."""
+
+    fixed: str  # struct format of the fixed fields, byte order left out
+    fields: tuple[str, ...]  # their names, for the reader of this table
+    data: Literal["none", "caplen", "rest", "records"]  # after the fixed fields
+    options: tuple[OptionLayout, ...]  # in the order the encoder writes them
+    decode: BlockDecoder
+    structs: dict[ByteOrder, struct.Struct] = field(init=False, repr=False)
+    by_code: dict[int, OptionLayout] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(struct.Struct("<" + self.fixed).unpack(bytes(self.size))) != len(self.fields):
+            raise AssertionError(f"layout {self.fixed!r} does not match {self.fields}")
+        structs = {order: struct.Struct(order + self.fixed) for order in ("<", ">")}
+        object.__setattr__(self, "structs", structs)
+        object.__setattr__(self, "by_code", {option.code: option for option in self.options})
+
+    @property
+    def size(self) -> int:
+        return struct.calcsize("<" + self.fixed)
+
+
+def _encode_option(option: OptionLayout, value: object) -> bytes:
+    kind = option.kind
+    if isinstance(value, str) and kind in ("text", "filter"):
+        # Filter type 0 means "libpcap filter string".
+        raw = value.encode("utf-8") if kind == "text" else b"\x00" + value.encode("utf-8")
+    elif isinstance(value, int) and kind in ("u64", "i64"):
+        raw = struct.pack("<Q" if kind == "u64" else "<q", value)
+    elif isinstance(value, int) and kind == "ts":
+        raw = struct.pack("<II", *_split_u64(value))
+    elif isinstance(value, int) and kind == "tsresol":
+        raw = bytes((_tsresol_code(value),))
+    else:
+        raise TypeError(f"pcapng option {option.name} ({kind}) cannot hold {value!r}")
+    return _option(option.code, raw)
+
+
+def _decode_option(kind: OptionKind, order: ByteOrder, value: bytes) -> str | int | None:
+    """The option's value, None when it is too short to mean anything (then it is ignored)."""
+    if kind == "text":
+        return _text(value)
+    if kind == "filter":
+        if not value:
+            return None
+        return _text(value[1:]) if value[0] == 0 else value[1:].hex()
+    if kind == "tsresol":
+        return _tsresol_ticks(value[0]) if value else None
+    if len(value) < 8:
+        return None
+    if kind == "ts":
+        high, low = struct.unpack_from(order + "II", value, 0)
+        return (high << 32) | low
+    return int(struct.unpack_from(order + ("Q" if kind == "u64" else "q"), value, 0)[0])
+
+
+def encode_options(block_type: int, **values: object) -> bytes:
+    """The options field of a block: the given (not None) options in the table's order."""
+    layout = BLOCK_LAYOUTS[block_type]
+    unknown = set(values) - {option.name for option in layout.options}
+    if unknown:
+        raise TypeError(f"pcapng block {block_type:#x} has no option {sorted(unknown)}")
+    body = b"".join(
+        _encode_option(option, values[option.name])
+        for option in layout.options
+        if values.get(option.name) is not None
+    )
+    # A block without options has no options field at all, not a lone opt_endofopt.
+    return body + _OPTION_HEADER.pack(OPT_ENDOFOPT, 0) if body else b""
+
+
+def encode_block(
+    block_type: int, fixed: tuple[int, ...], data: bytes = b"", **options: object
+) -> bytes:
+    """A whole little-endian block from its table layout: fixed fields, data, options."""
+    layout = BLOCK_LAYOUTS[block_type]
+    body = b"".join(
+        (
+            layout.structs["<"].pack(*fixed),
+            data,
+            _PADDING[len(data) & 3],
+            encode_options(block_type, **options),
+        )
+    )
+    return frame_block(block_type, body)
+
+
+def decode_options(
+    layout: BlockLayout, order: ByteOrder, body: memoryview, offset: int
+) -> Options:
+    """The options at ``body[offset:]`` the layout knows: text ones first seen wins, others last."""
+    found: Options = {}
+    by_code = layout.by_code
+    unpack = _OPTION_HEADERS[order].unpack_from
+    end = len(body)
+    while end - offset >= 4:
+        code, length = unpack(body, offset)
+        if code == OPT_ENDOFOPT:
+            break
+        start = offset + 4
+        offset = start + _pad4(length)
+        option = by_code.get(code)
+        if option is None or (option.kind == "text" and option.name in found):
+            continue
+        value = _decode_option(option.kind, order, bytes(body[start : start + length]))
+        if value is not None:
+            found[option.name] = value
+    return found
+
+
+def _str(options: Options, name: str) -> str | None:
+    value = options.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _int(options: Options, name: str) -> int | None:
+    value = options.get(name)
+    return value if isinstance(value, int) else None
+
+
+def _section_start(
+    section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+) -> SectionStart:
+    _magic, major, minor, _section_length = fixed
+    if major != 1:
+        raise PcapFormatError(f"unsupported pcapng version {major}.{minor}")
+    return SectionStart(
+        "pcapng",
+        section.order,
+        major,
+        minor,
+        hardware=_str(options, "hardware"),
+        os=_str(options, "os"),
+        userappl=_str(options, "userappl"),
+        comment=_str(options, "comment"),
+    )
+
+
+def _interface(
+    section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+) -> Interface:
+    linktype, _reserved, snaplen = fixed
+    interface = Interface(
+        len(section.interfaces),
+        linktype,
+        snaplen,
+        name=_str(options, "name"),
+        description=_str(options, "description"),
+        tsresol=_int(options, "tsresol") or 1_000_000,
+        os=_str(options, "os"),
+        filter=_str(options, "filter"),
+        tsoffset=_int(options, "tsoffset") or 0,
+        comment=_str(options, "comment"),
+    )
+    section.interfaces.append(interface)
+    return interface
+
+
+def _packet(
+    section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+) -> PacketRecord:
+    # EPB and the obsolete PB end alike: ..., timestamp high, low, caplen, origlen.
+    interface_id = fixed[0]
+    high, low, caplen, origlen = fixed[-4:]
+    return PacketRecord(
+        interface_id,
+        section.ts_ns(interface_id, (high << 32) | low),
+        caplen,
+        origlen,
+        bytes(data),
+        _str(options, "comment"),
+    )
+
+
+def _simple_packet(
+    section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+) -> PacketRecord:
+    (origlen,) = fixed
+    snaplen = section.interfaces[0].snaplen if section.interfaces else 0
+    caplen = min(origlen, len(data))
+    if snaplen:
+        caplen = min(caplen, snaplen)
+    return PacketRecord(0, 0, caplen, origlen, bytes(data[:caplen]))
+
+
+def _name_records(
+    section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+) -> NameRecords:
+    unpack = _OPTION_HEADERS[section.order].unpack_from  # records have the options' header
+    records: list[tuple[str, tuple[str, ...]]] = []
+    offset = 0
+    end = len(data)
+    while end - offset >= 4:
+        record_type, length = unpack(data, offset)
+        value = bytes(data[offset + 4 : offset + 4 + length])
+        offset += 4 + _pad4(length)
+        if record_type == NRB_RECORD_END:
+            break
+        address_length = 4 if record_type == NRB_RECORD_IPV4 else 16
+        if record_type not in (NRB_RECORD_IPV4, NRB_RECORD_IPV6) or length < address_length:
+            continue
+        address = str(ipaddress.ip_address(value[:address_length]))
+        names = tuple(_text(name) for name in value[address_length:].split(b"\0") if name)
+        records.append((address, names))
+    options = decode_options(BLOCK_LAYOUTS[BLOCK_NRB], section.order, data, offset)
+    return NameRecords(tuple(records), _str(options, "comment"))
+
+
+def _interface_stats(
+    section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+) -> InterfaceStats:
+    interface_id, high, low = fixed
+    start, end = _int(options, "start"), _int(options, "end")
+    return InterfaceStats(
+        interface_id,
+        section.ts_ns(interface_id, (high << 32) | low),
+        received=_int(options, "received"),
+        dropped=_int(options, "dropped"),
+        os_dropped=_int(options, "os_dropped"),
+        filter_accepted=_int(options, "filter_accepted"),
+        delivered=_int(options, "delivered"),
+        start_ns=None if start is None else section.ts_ns(interface_id, start),
+        end_ns=None if end is None else section.ts_ns(interface_id, end),
+        comment=_str(options, "comment"),
+    )
+
+
+def _custom(copyable: bool) -> BlockDecoder:
+    def decode(
+        section: _Section, fixed: tuple[int, ...], data: memoryview, options: Options
+    ) -> CustomData:
+        return CustomData(fixed[0], bytes(data), copyable)
+
+    return decode
+
+
+_COMMENT = OptionLayout(OPT_COMMENT, "comment", "text")
+_CUSTOM_FIELDS = ("pen",)
+
+BLOCK_LAYOUTS: dict[int, BlockLayout] = {
+    BLOCK_SHB: BlockLayout(
+        "IHHq",
+        ("byte_order_magic", "major", "minor", "section_length"),
+        "none",
+        (
+            _COMMENT,
+            OptionLayout(SHB_HARDWARE, "hardware", "text"),
+            OptionLayout(SHB_OS, "os", "text"),
+            OptionLayout(SHB_USERAPPL, "userappl", "text"),
+        ),
+        _section_start,
+    ),
+    BLOCK_IDB: BlockLayout(
+        "HHI",
+        ("linktype", "reserved", "snaplen"),
+        "none",
+        (
+            _COMMENT,
+            OptionLayout(IF_NAME, "name", "text"),
+            OptionLayout(IF_DESCRIPTION, "description", "text"),
+            OptionLayout(IF_TSRESOL, "tsresol", "tsresol"),
+            OptionLayout(IF_FILTER, "filter", "filter"),
+            OptionLayout(IF_OS, "os", "text"),
+            OptionLayout(IF_TSOFFSET, "tsoffset", "i64"),
+        ),
+        _interface,
+    ),
+    BLOCK_EPB: BlockLayout(
+        "5I",
+        ("interface_id", "ts_high", "ts_low", "caplen", "origlen"),
+        "caplen",
+        (_COMMENT,),
+        _packet,
+    ),
+    BLOCK_PB_OBSOLETE: BlockLayout(
+        "HHIIII",
+        ("interface_id", "drops", "ts_high", "ts_low", "caplen", "origlen"),
+        "caplen",
+        (_COMMENT,),
+        _packet,
+    ),
+    BLOCK_SPB: BlockLayout("I", ("origlen",), "rest", (), _simple_packet),
+    # Records, then options: the decoder walks the records to find where options start.
+    BLOCK_NRB: BlockLayout("", (), "records", (_COMMENT,), _name_records),
+    BLOCK_ISB: BlockLayout(
+        "III",
+        ("interface_id", "ts_high", "ts_low"),
+        "none",
+        (
+            _COMMENT,
+            OptionLayout(ISB_STARTTIME, "start", "ts"),
+            OptionLayout(ISB_ENDTIME, "end", "ts"),
+            OptionLayout(ISB_IFRECV, "received", "u64"),
+            OptionLayout(ISB_IFDROP, "dropped", "u64"),
+            OptionLayout(ISB_FILTERACCEPT, "filter_accepted", "u64"),
+            OptionLayout(ISB_OSDROP, "os_dropped", "u64"),
+            OptionLayout(ISB_USRDELIV, "delivered", "u64"),
+        ),
+        _interface_stats,
+    ),
+    BLOCK_CUSTOM_COPYABLE: BlockLayout("I", _CUSTOM_FIELDS, "rest", (), _custom(True)),
+    BLOCK_CUSTOM_LOCAL: BlockLayout("I", _CUSTOM_FIELDS, "rest", (), _custom(False)),
+}
+# The fused packet encoder's header: block type and length, then the table's EPB fields.
+_EPB_HEADER = struct.Struct("<II" + BLOCK_LAYOUTS[BLOCK_EPB].fixed)
+_CAPLEN_FIELD = {
+    block_type: layout.fields.index("caplen")
+    for block_type, layout in BLOCK_LAYOUTS.items()
+    if layout.data == "caplen"
+}
+
+
+def decode_block(section: _Section, block_type: int, body: memoryview) -> CaptureEvent | None:
+    """The event of one block's body (between length and trailer); None for unknown types."""
+    layout = BLOCK_LAYOUTS.get(block_type)
+    if layout is None:
+        return None  # unknown block types are skipped, as the spec asks of readers
+    fixed = layout.structs[section.order].unpack_from(body, 0)
+    offset = layout.size
+    data = body[offset:]
+    kind = layout.data
+    if kind == "caplen":
+        caplen = fixed[_CAPLEN_FIELD[block_type]]
+        data = body[offset : offset + caplen]
+        offset += _pad4(caplen)
+    elif kind != "none":  # "rest", "records": the data runs to the end; no options follow
+        offset = len(body)
+    options = (
+        decode_options(layout, section.order, body, offset)
+        if len(body) > offset
+        else _NO_OPTIONS
+    )
+    return layout.decode(section, fixed, data, options)
 
 
 class CapturePushParser:
@@ -808,173 +1144,11 @@ class CapturePushParser:
             self._section = _Section(self._framer.order)
         section = self._section
         assert section is not None  # the framer refuses a stream that does not start with one
-        event = self._decode_block(section, block_type, block[8:-4])
+        event = decode_block(section, block_type, block[8:-4])
         if event is not None:
             self._events.append(event)
-
-    def _options(self, section: _Section, body: memoryview, offset: int) -> list[tuple[int, bytes]]:
-        options: list[tuple[int, bytes]] = []
-        unpack = section.option_header.unpack_from
-        end = len(body)
-        while end - offset >= 4:
-            code, length = unpack(body, offset)
-            if code == OPT_ENDOFOPT:
-                break
-            start = offset + 4
-            options.append((code, bytes(body[start : start + length])))
-            offset = start + _pad4(length)
-        return options
-
-    def _decode_block(
-        self, section: _Section, block_type: int, body: memoryview
-    ) -> CaptureEvent | None:
-        order = section.order
-        if block_type == BLOCK_EPB:
-            interface_id, high, low, caplen, origlen = section.epb.unpack_from(body, 0)
-            data = bytes(body[20 : 20 + caplen])
-            comment = None
-            if len(body) > 20 + _pad4(caplen):
-                comment = self._comment(self._options(section, body, 20 + _pad4(caplen)))
-            self.packets += 1
-            return PacketRecord(
-                interface_id,
-                self._ts_ns(section, interface_id, (high << 32) | low),
-                caplen,
-                origlen,
-                data,
-                comment,
-            )
-        if block_type == BLOCK_SPB:
-            origlen = section.u32.unpack_from(body, 0)[0]
-            snaplen = section.interfaces[0].snaplen if section.interfaces else 0
-            caplen = min(origlen, len(body) - 4)
-            if snaplen:
-                caplen = min(caplen, snaplen)
-            self.packets += 1
-            return PacketRecord(0, 0, caplen, origlen, bytes(body[4 : 4 + caplen]))
-        if block_type == BLOCK_PB_OBSOLETE:
-            interface_id, _drops, high, low, caplen, origlen = struct.unpack_from(
-                order + "HHIIII", body, 0
-            )
-            data = bytes(body[20 : 20 + caplen])
-            comment = self._comment(self._options(section, body, 20 + _pad4(caplen)))
-            self.packets += 1
-            return PacketRecord(
-                interface_id,
-                self._ts_ns(section, interface_id, (high << 32) | low),
-                caplen,
-                origlen,
-                data,
-                comment,
-            )
-        if block_type == BLOCK_SHB:
-            _magic, major, minor, _section_length = struct.unpack_from(order + "IHHq", body, 0)
-            if major != 1:
-                raise PcapFormatError(f"unsupported pcapng version {major}.{minor}")
-            opts = self._options(section, body, 16)
-            return SectionStart(
-                "pcapng",
-                order,
-                major,
-                minor,
-                hardware=self._first_text(opts, SHB_HARDWARE),
-                os=self._first_text(opts, SHB_OS),
-                userappl=self._first_text(opts, SHB_USERAPPL),
-                comment=self._comment(opts),
-            )
-        if block_type == BLOCK_IDB:
-            linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", body, 0)
-            opts = self._options(section, body, 8)
-            tsresol = 1_000_000
-            tsoffset = 0
-            filter_text = None
-            for code, value in opts:
-                if code == IF_TSRESOL and value:
-                    tsresol = _tsresol_ticks(value[0])
-                elif code == IF_TSOFFSET and len(value) >= 8:
-                    tsoffset = struct.unpack_from(order + "q", value, 0)[0]
-                elif code == IF_FILTER and value:
-                    filter_text = _text(value[1:]) if value[0] == 0 else value[1:].hex()
-            interface = Interface(
-                len(section.interfaces),
-                linktype,
-                snaplen,
-                name=self._first_text(opts, IF_NAME),
-                description=self._first_text(opts, IF_DESCRIPTION),
-                tsresol=tsresol,
-                os=self._first_text(opts, IF_OS),
-                filter=filter_text,
-                tsoffset=tsoffset,
-                comment=self._comment(opts),
-            )
-            section.interfaces.append(interface)
-            return interface
-        if block_type == BLOCK_NRB:
-            return self._decode_nrb(section, body)
-        if block_type == BLOCK_ISB:
-            interface_id, high, low = struct.unpack_from(order + "III", body, 0)
-            opts = self._options(section, body, 12)
-            counters: dict[int, int] = {}
-            stamps: dict[int, int] = {}
-            for code, value in opts:
-                if code in (ISB_STARTTIME, ISB_ENDTIME) and len(value) >= 8:
-                    t_high, t_low = struct.unpack_from(order + "II", value, 0)
-                    stamps[code] = self._ts_ns(section, interface_id, (t_high << 32) | t_low)
-                elif ISB_IFRECV <= code <= ISB_USRDELIV and len(value) >= 8:
-                    counters[code] = struct.unpack_from(order + "Q", value, 0)[0]
-            return InterfaceStats(
-                interface_id,
-                self._ts_ns(section, interface_id, (high << 32) | low),
-                received=counters.get(ISB_IFRECV),
-                dropped=counters.get(ISB_IFDROP),
-                os_dropped=counters.get(ISB_OSDROP),
-                filter_accepted=counters.get(ISB_FILTERACCEPT),
-                delivered=counters.get(ISB_USRDELIV),
-                start_ns=stamps.get(ISB_STARTTIME),
-                end_ns=stamps.get(ISB_ENDTIME),
-                comment=self._comment(opts),
-            )
-        if block_type in (BLOCK_CUSTOM_COPYABLE, BLOCK_CUSTOM_LOCAL):
-            pen = section.u32.unpack_from(body, 0)[0]
-            return CustomData(pen, bytes(body[4:]), block_type == BLOCK_CUSTOM_COPYABLE)
-        return None  # unknown block types are skipped, as the spec asks of readers
-
-    def _decode_nrb(self, section: _Section, body: memoryview) -> NameRecords:
-        unpack = section.option_header.unpack_from
-        records: list[tuple[str, tuple[str, ...]]] = []
-        offset = 0
-        end = len(body)
-        while end - offset >= 4:
-            record_type, length = unpack(body, offset)
-            value = bytes(body[offset + 4 : offset + 4 + length])
-            offset += 4 + _pad4(length)
-            if record_type == NRB_RECORD_END:
-                break
-            address_length = 4 if record_type == NRB_RECORD_IPV4 else 16
-            if record_type not in (NRB_RECORD_IPV4, NRB_RECORD_IPV6) or length < address_length:
-                continue
-            address = str(ipaddress.ip_address(value[:address_length]))
-            names = tuple(_text(name) for name in value[address_length:].split(b"\0") if name)
-            records.append((address, names))
-        comment = self._comment(self._options(section, body, offset))
-        return NameRecords(tuple(records), comment)
-
-    @staticmethod
-    def _first_text(options: list[tuple[int, bytes]], code: int) -> str | None:
-        for option_code, value in options:
-            if option_code == code:
-                return _text(value)
-        return None
-
-    def _comment(self, options: list[tuple[int, bytes]]) -> str | None:
-        return self._first_text(options, OPT_COMMENT)
-
-    @staticmethod
-    def _ts_ns(section: _Section, interface_id: int, units: int) -> int:
-        if interface_id < len(section.interfaces):
-            interface = section.interfaces[interface_id]
-            return _units_to_ns(units, interface.tsresol, interface.tsoffset)
-        return _units_to_ns(units, 1_000_000, 0)
+            if block_type in PACKET_BLOCK_TYPES:
+                self.packets += 1
 
 
 def read_capture(
