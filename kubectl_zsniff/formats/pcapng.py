@@ -149,9 +149,19 @@ def enhanced_packet_block(
     """One EPB; ``ts_units`` counts the interface's if_tsresol ticks since the epoch."""
     if caplen != len(data):
         raise ValueError(f"caplen {caplen} differs from the {len(data)} data bytes")
+    # The table's EPB layout (``_EPB_HEADER``) packed directly: offline convert calls this per
+    # packet, so it skips encode_block's generic join.
+    options = encode_options(BLOCK_EPB, comment=comment) if comment is not None else b""
     high, low = _split_u64(ts_units)
-    return encode_block(
-        BLOCK_EPB, (interface_id, high, low, caplen, origlen), data, comment=comment
+    total = 32 + _pad4(caplen) + len(options)
+    return b"".join(
+        (
+            _EPB_HEADER.pack(BLOCK_EPB, total, interface_id, high, low, caplen, origlen),
+            data,
+            _PADDING[caplen & 3],
+            options,
+            _U32.pack(total),
+        )
     )
 
 
@@ -550,10 +560,18 @@ class BlockFramer:
         end = len(data)
         offset = 0
         needed = 12
+        order = self.order
+        header = _BLOCK_HEADERS[order or "<"].unpack_from
+        trailer_of = _TRAILERS[order or "<"].unpack_from
         with memoryview(data) as view:
             while end - offset >= 12:
-                order = self._block_order(view, offset)
-                block_type, length = _BLOCK_HEADERS[order].unpack_from(view, offset)
+                if view[offset : offset + 4] == SHB_TYPE_BYTES:
+                    order = self._section_order(view, offset)
+                    header = _BLOCK_HEADERS[order].unpack_from
+                    trailer_of = _TRAILERS[order].unpack_from
+                elif order is None:
+                    raise PcapFormatError("pcapng stream does not start with a Section Header")
+                block_type, length = header(view, offset)
                 if length < 12 or length & 3 or length > MAX_BLOCK_LENGTH:
                     raise PcapFormatError(
                         f"pcapng block at byte {self._position + offset} has bad length {length}"
@@ -561,7 +579,7 @@ class BlockFramer:
                 if end - offset < length:
                     needed = length
                     break
-                trailer = _TRAILERS[order].unpack_from(view, offset + length - 4)[0]
+                trailer = trailer_of(view, offset + length - 4)[0]
                 if trailer != length:
                     raise PcapFormatError(
                         f"pcapng block at byte {self._position + offset}: trailer length "
@@ -574,20 +592,17 @@ class BlockFramer:
         self._position += offset
         self._needed = needed
 
-    def _block_order(self, view: memoryview, offset: int) -> ByteOrder:
-        """The byte order of the block at ``offset``: a Section Header sets a new one."""
-        if view[offset : offset + 4] == SHB_TYPE_BYTES:
-            magic = bytes(view[offset + 8 : offset + 12])
-            order = BYTE_ORDER_MAGICS.get(magic)
-            if order is None:
-                raise PcapFormatError(
-                    f"pcapng section header at byte {self._position + offset} has "
-                    f"a bad byte-order magic {magic.hex()}"
-                )
-            self.order = order
-        elif self.order is None:
-            raise PcapFormatError("pcapng stream does not start with a Section Header")
-        return self.order
+    def _section_order(self, view: memoryview, offset: int) -> ByteOrder:
+        """The byte order the Section Header Block at ``offset`` sets."""
+        magic = bytes(view[offset + 8 : offset + 12])
+        order = BYTE_ORDER_MAGICS.get(magic)
+        if order is None:
+            raise PcapFormatError(
+                f"pcapng section header at byte {self._position + offset} has "
+                f"a bad byte-order magic {magic.hex()}"
+            )
+        self.order = order
+        return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -736,17 +751,22 @@ class BlockLayout:
     decode: BlockDecoder
     structs: dict[ByteOrder, struct.Struct] = field(init=False, repr=False)
     by_code: dict[int, OptionLayout] = field(init=False, repr=False)
+    names: frozenset[str] = field(init=False, repr=False)
+    size: int = field(init=False, repr=False)  # bytes of the fixed fields
+    caplen_index: int = field(init=False, repr=False)  # of the "caplen" field, -1: none
 
     def __post_init__(self) -> None:
-        if len(struct.Struct("<" + self.fixed).unpack(bytes(self.size))) != len(self.fields):
-            raise AssertionError(f"layout {self.fixed!r} does not match {self.fields}")
         structs = {order: struct.Struct(order + self.fixed) for order in ("<", ">")}
+        if len(structs["<"].unpack(bytes(structs["<"].size))) != len(self.fields):
+            raise AssertionError(f"layout {self.fixed!r} does not match {self.fields}")
+        if (self.data == "caplen") != ("caplen" in self.fields):
+            raise AssertionError(f"layout {self.fields}: caplen data needs a caplen field")
+        object.__setattr__(self, "size", structs["<"].size)
+        caplen_index = self.fields.index("caplen") if "caplen" in self.fields else -1
+        object.__setattr__(self, "caplen_index", caplen_index)
         object.__setattr__(self, "structs", structs)
         object.__setattr__(self, "by_code", {option.code: option for option in self.options})
-
-    @property
-    def size(self) -> int:
-        return struct.calcsize("<" + self.fixed)
+        object.__setattr__(self, "names", frozenset(option.name for option in self.options))
 
 
 def _encode_option(option: OptionLayout, value: object) -> bytes:
@@ -786,9 +806,9 @@ def _decode_option(kind: OptionKind, order: ByteOrder, value: bytes) -> str | in
 def encode_options(block_type: int, **values: object) -> bytes:
     """The options field of a block: the given (not None) options in the table's order."""
     layout = BLOCK_LAYOUTS[block_type]
-    unknown = set(values) - {option.name for option in layout.options}
-    if unknown:
-        raise TypeError(f"pcapng block {block_type:#x} has no option {sorted(unknown)}")
+    if not values.keys() <= layout.names:
+        unknown = sorted(values.keys() - layout.names)
+        raise TypeError(f"pcapng block {block_type:#x} has no option {unknown}")
     body = b"".join(
         _encode_option(option, values[option.name])
         for option in layout.options
@@ -897,7 +917,7 @@ def _packet(
         caplen,
         origlen,
         bytes(data),
-        _str(options, "comment"),
+        _str(options, "comment") if options else None,
     )
 
 
@@ -1032,11 +1052,6 @@ BLOCK_LAYOUTS: dict[int, BlockLayout] = {
 }
 # The fused packet encoder's header: block type and length, then the table's EPB fields.
 _EPB_HEADER = struct.Struct("<II" + BLOCK_LAYOUTS[BLOCK_EPB].fixed)
-_CAPLEN_FIELD = {
-    block_type: layout.fields.index("caplen")
-    for block_type, layout in BLOCK_LAYOUTS.items()
-    if layout.data == "caplen"
-}
 
 
 def decode_block(section: _Section, block_type: int, body: memoryview) -> CaptureEvent | None:
@@ -1046,14 +1061,14 @@ def decode_block(section: _Section, block_type: int, body: memoryview) -> Captur
         return None  # unknown block types are skipped, as the spec asks of readers
     fixed = layout.structs[section.order].unpack_from(body, 0)
     offset = layout.size
-    data = body[offset:]
-    kind = layout.data
-    if kind == "caplen":
-        caplen = fixed[_CAPLEN_FIELD[block_type]]
+    if layout.caplen_index >= 0:
+        caplen = fixed[layout.caplen_index]
         data = body[offset : offset + caplen]
-        offset += _pad4(caplen)
-    elif kind != "none":  # "rest", "records": the data runs to the end; no options follow
-        offset = len(body)
+        offset += (caplen + 3) & ~3
+    else:
+        data = body[offset:]
+        if layout.data != "none":  # "rest", "records": to the end; no options follow
+            offset = len(body)
     options = (
         decode_options(layout, section.order, body, offset)
         if len(body) > offset
