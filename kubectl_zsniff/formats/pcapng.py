@@ -373,6 +373,68 @@ class PcapngPacketEncoder:
             # Rescaled timestamps (never on the capture path): the general encoder.
             return self._feed_pcap_rescaled(parser, data, first, parts, max_packets, max_bytes,
                                             overhead)
+        if max_packets is not None or max_bytes is not None:
+            return self._feed_pcap_limited(parser, data, first, parts, max_packets, max_bytes,
+                                           overhead)
+        # Over 60 lines on purpose: the common case's record walk stays inline, without limit
+        # checks or a call per record (~1 us per packet matters here). Its twin with the limits
+        # checked is _feed_pcap_limited; a change to one belongs in the other.
+        unpack = parser.record_struct.unpack_from
+        max_caplen = parser.max_caplen
+        assert max_caplen is not None
+        pack_header = _EPB_HEADER.pack
+        tails = self._tails
+        append = parts.append
+        interface_id = self.interface_id
+        ticks = self._ticks_per_second
+        view = memoryview(data)
+        end = len(data)
+        last = end - 16
+        offset = first
+        count = 0
+        needed = 16
+        while offset <= last:
+            ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
+            if caplen > max_caplen:
+                raise parser.bad_caplen(caplen, count)
+            start = offset + 16
+            offset = start + caplen
+            if offset > end:
+                offset = start - 16
+                needed = 16 + caplen
+                break
+            units = ts_sec * ticks + ts_frac
+            append(
+                pack_header(
+                    BLOCK_EPB,
+                    32 + ((caplen + 3) & ~3),
+                    interface_id,
+                    units >> 32,
+                    units & 0xFFFF_FFFF,
+                    caplen,
+                    origlen,
+                )
+            )
+            append(view[start:offset])
+            tail = tails.get(caplen)
+            if tail is None:
+                tail = self._tail_for_caplen(caplen, 32 + ((caplen + 3) & ~3))
+            append(tail)
+            count += 1
+        parser.finish_chunk(data, first, offset, count, needed)
+        return PcapFeed(count, offset - first - 16 * count, view[first:offset], None)
+
+    def _feed_pcap_limited(
+        self,
+        parser: PcapStreamParser,
+        data: bytes | bytearray | memoryview,
+        first: int,
+        parts: list[bytes | memoryview],
+        max_packets: int | None,
+        max_bytes: int | None,
+        overhead: int,
+    ) -> PcapFeed:
+        """feed_pcap's walk with the packet and byte limits checked per record."""
         unpack = parser.record_struct.unpack_from
         max_caplen = parser.max_caplen
         assert max_caplen is not None
@@ -388,73 +450,42 @@ class PcapngPacketEncoder:
         count = 0
         needed = 16
         stop: Literal["packets", "bytes"] | None = None
-        if max_packets is None and max_bytes is None:
-            # The common case gets a loop without limit checks: ~1 us per packet matters here.
-            while offset <= last:
-                ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
-                if caplen > max_caplen:
-                    raise parser.bad_caplen(caplen, count)
-                start = offset + 16
-                offset = start + caplen
-                if offset > end:
-                    offset = start - 16
-                    needed = 16 + caplen
-                    break
-                units = ts_sec * ticks + ts_frac
-                append(
-                    pack_header(
-                        BLOCK_EPB,
-                        32 + ((caplen + 3) & ~3),
-                        interface_id,
-                        units >> 32,
-                        units & 0xFFFF_FFFF,
-                        caplen,
-                        origlen,
-                    )
-                )
-                append(view[start:offset])
-                tail = tails.get(caplen)
-                if tail is None:
-                    tail = self._tail_for_caplen(caplen, 32 + ((caplen + 3) & ~3))
-                append(tail)
-                count += 1
-        else:
-            packets_left = -1 if max_packets is None else max_packets
-            budget = max_bytes
-            spent = 0
-            while offset <= last:
-                if count == packets_left:
-                    stop = "packets"
-                    break
-                ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
-                if caplen > max_caplen:
-                    raise parser.bad_caplen(caplen, count)
-                start = offset + 16
-                if start + caplen > end:
-                    needed = 16 + caplen
-                    break
-                if budget is not None:
-                    spent += overhead + caplen
-                    if spent > budget:
-                        stop = "bytes"
-                        break
-                offset = start + caplen
-                units = ts_sec * ticks + ts_frac
-                total = 32 + ((caplen + 3) & ~3)
-                append(
-                    pack_header(
-                        BLOCK_EPB, total, interface_id, units >> 32, units & 0xFFFF_FFFF,
-                        caplen, origlen,
-                    )
-                )
-                append(view[start:offset])
-                tail = tails.get(caplen)
-                if tail is None:
-                    tail = self._tail_for_caplen(caplen, total)
-                append(tail)
-                count += 1
-            if stop is None and count == packets_left:
+        packets_left = -1 if max_packets is None else max_packets
+        budget = max_bytes
+        spent = 0
+        while offset <= last:
+            if count == packets_left:
                 stop = "packets"
+                break
+            ts_sec, ts_frac, caplen, origlen = unpack(data, offset)
+            if caplen > max_caplen:
+                raise parser.bad_caplen(caplen, count)
+            start = offset + 16
+            if start + caplen > end:
+                needed = 16 + caplen
+                break
+            if budget is not None:
+                spent += overhead + caplen
+                if spent > budget:
+                    stop = "bytes"
+                    break
+            offset = start + caplen
+            units = ts_sec * ticks + ts_frac
+            total = 32 + ((caplen + 3) & ~3)
+            append(
+                pack_header(
+                    BLOCK_EPB, total, interface_id, units >> 32, units & 0xFFFF_FFFF,
+                    caplen, origlen,
+                )
+            )
+            append(view[start:offset])
+            tail = tails.get(caplen)
+            if tail is None:
+                tail = self._tail_for_caplen(caplen, total)
+            append(tail)
+            count += 1
+        if stop is None and count == packets_left:
+            stop = "packets"
         parser.finish_chunk(data, first, offset, count, needed)
         return PcapFeed(count, offset - first - 16 * count, view[first:offset], stop)
 
