@@ -3,6 +3,12 @@
 Everything is written little-endian; the Section Header Block's byte-order magic tells readers,
 so that is valid on any host. The reader accepts both byte orders, several sections, and
 classic pcap too, so offline tools need one entry point.
+
+Each block type's layout (fixed fields, what follows them, options and the event it reads as) is
+written once, in ``BLOCK_LAYOUTS``: ``encode_block`` and the block encoders write from it, and
+``decode_block`` reads with it. ``BlockFramer`` is the one reader of block framing (the reader
+and the terminal view's sink both use it). The fused packet encoder (``PcapngPacketEncoder``)
+packs the table's EPB layout itself, for speed.
 """
 
 from __future__ import annotations

@@ -621,3 +621,48 @@ def test_feed_pcap_equals_parse_then_encode_on_random_chunkings(
             assert b"".join(parts) == slow.encode_batch(packets)
             assert bytes(raw) == stream[24 : 24 + len(raw)]
             assert fused_parser.packets == len(packets)
+
+
+# --- the block layout table and the framer ----------------------------------------------------
+
+
+def test_every_layout_round_trips_through_the_table() -> None:
+    from kubectl_zsniff.formats.detect import BLOCK_SHB
+    from kubectl_zsniff.formats.pcapng import BLOCK_ISB, encode_block
+
+    stream = b"".join(
+        (
+            encode_block(BLOCK_SHB, (0x1A2B3C4D, 1, 0, -1), comment="first", os="second"),
+            interface_description_block(1, 96, tsresol_nanos=True, filter="udp"),
+            encode_block(BLOCK_ISB, (0, 0, 5), received=7, start=3),
+        )
+    )
+    events = list(read_capture(stream))
+    assert events[0] == SectionStart("pcapng", "<", 1, 0, os="second", comment="first")
+    assert events[1] == Interface(0, 1, 96, tsresol=1_000_000_000, filter="udp")
+    assert events[2] == InterfaceStats(0, 5, received=7, start_ns=3)
+
+
+def test_table_encoder_refuses_what_the_layout_does_not_have() -> None:
+    from kubectl_zsniff.formats.pcapng import BLOCK_EPB, encode_block
+
+    with pytest.raises(TypeError, match="no option"):
+        encode_block(BLOCK_EPB, (0, 0, 0, 0, 0), colour="red")
+    with pytest.raises(TypeError, match="cannot hold"):
+        encode_block(BLOCK_EPB, (0, 0, 0, 0, 0), comment=5)
+    with pytest.raises(ValueError, match="power of ten"):
+        encode_block(1, (1, 0, 0), tsresol=1024)
+
+
+def test_framer_refuses_bad_framing_with_the_stream_offset() -> None:
+    from kubectl_zsniff.formats.pcapng import BlockFramer
+
+    good = section_header_block()
+    bad_trailer = good + interface_description_block(1)[:-4] + struct.pack("<I", 99)
+    with pytest.raises(PcapFormatError, match=f"block at byte {len(good)}: trailer length 99"):
+        BlockFramer().feed(bad_trailer, lambda block_type, block: None)
+    with pytest.raises(PcapFormatError, match="does not start with a Section Header"):
+        BlockFramer().feed(interface_description_block(1), lambda block_type, block: None)
+    seen: list[int] = []
+    BlockFramer("<").feed(interface_description_block(1), lambda t, block: seen.append(t))
+    assert seen == [1]  # given an order, blocks before any SHB are read in it
