@@ -36,7 +36,72 @@ class ApiFailure(Exception):
         self.body = body
 
 
-class ClusterHandle:
+class PodCalls:
+    """Pod calls both clusters' handles make the same way, through their ``request``."""
+
+    pod_timeout = 30.0  # how long a pod may take to start or to go
+    poll = 0.05
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = "application/json", user: str = "admin",
+                timeout: float = 30) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def pod_path(namespace: str, name: str | None = None) -> str:
+        base = f"/api/v1/namespaces/{namespace}/pods"
+        return f"{base}/{name}" if name else base
+
+    def get_pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return dict(self.request("GET", self.pod_path(namespace, name)))
+
+    def wait_for(self, name: str, namespace: str, predicate: Any,
+                 timeout: float | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + (timeout or self.pod_timeout)
+        while True:
+            pod = self.get_pod(name, namespace)
+            if predicate(pod):
+                return pod
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pod {namespace}/{name}: condition not met: {pod['status']}")
+            time.sleep(self.poll)
+
+    def wait_pod_running(self, name: str, namespace: str = "default",
+                         timeout: float | None = None) -> dict[str, Any]:
+        def running(pod: dict[str, Any]) -> bool:
+            status = pod.get("status", {})
+            return status.get("phase") == "Running" and bool(status.get("podIPs")) and all(
+                "running" in s.get("state", {}) for s in status.get("containerStatuses", []))
+
+        return self.wait_for(name, namespace, running, timeout)
+
+    def delete_pod(self, name: str, namespace: str = "default", *, grace: int = 0,
+                   wait: bool = True, timeout: float | None = None) -> None:
+        try:
+            self.request("DELETE", self.pod_path(namespace, name) +
+                         f"?gracePeriodSeconds={grace}")
+        except ApiFailure as e:
+            if e.status != 404:
+                raise
+            return
+        deadline = time.monotonic() + (timeout or self.pod_timeout)
+        while wait:
+            try:
+                self.get_pod(name, namespace)
+            except ApiFailure as e:
+                if e.status == 404:
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pod {namespace}/{name} not deleted")
+            time.sleep(self.poll)
+
+    def pod_ip(self, ns: str, name: str, family: int = 4) -> str:
+        ips = [i["ip"] for i in self.get_pod(name, ns)["status"].get("podIPs", [])]
+        return next(ip for ip in ips if (":" in ip) == (family == 6))
+
+
+class ClusterHandle(PodCalls):
     kind = "double"
     capture_image = "busybox"  # ignored: the double runs the host's tcpdump
     node_names = ("node-a", "node-b")
@@ -128,57 +193,6 @@ class ClusterHandle:
                                  "labels": labels or {}}, "spec": spec}
         obj = self.request("POST", self._path("Pod", namespace), manifest)
         return self.wait_pod_running(name, namespace) if wait else dict(obj)
-
-    def get_pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
-        return dict(self.request("GET", self._path("Pod", namespace, name)))
-
-    def wait_pod_running(self, name: str, namespace: str = "default",
-                         timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            pod = self.get_pod(name, namespace)
-            if pod["status"].get("phase") == "Running" and all(
-                    "running" in s["state"] for s in pod["status"].get("containerStatuses", [])):
-                return pod
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pod {namespace}/{name} not running: {pod['status']}")
-            time.sleep(0.05)
-
-    def wait_for(self, name: str, namespace: str, predicate: Any,
-                 timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            pod = self.get_pod(name, namespace)
-            if predicate(pod):
-                return pod
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pod {namespace}/{name}: condition not met: {pod['status']}")
-            time.sleep(0.05)
-
-    def delete_pod(self, name: str, namespace: str = "default", *, grace: int = 0,
-                   wait: bool = True, timeout: float = 30) -> None:
-        try:
-            self.request("DELETE", self._path("Pod", namespace, name) +
-                         f"?gracePeriodSeconds={grace}")
-        except ApiFailure as e:
-            if e.status != 404:
-                raise
-            return
-        deadline = time.monotonic() + timeout
-        while wait:
-            try:
-                self.get_pod(name, namespace)
-            except ApiFailure as e:
-                if e.status == 404:
-                    return
-                raise
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pod {namespace}/{name} not deleted")
-            time.sleep(0.05)
-
-    def pod_ip(self, ns: str, name: str, family: int = 4) -> str:
-        ips = [i["ip"] for i in self.get_pod(name, ns)["status"].get("podIPs", [])]
-        return next(ip for ip in ips if (":" in ip) == (family == 6))
 
     # ---- below the API ------------------------------------------------------------------
 

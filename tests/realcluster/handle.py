@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.handle import ApiFailure, ProcInfo
+from tests.cluster.handle import ApiFailure, PodCalls, ProcInfo
 
 from . import cluster, images, node
 from .cluster import CTR, LIMITED_CONTEXT, Api
@@ -26,11 +26,13 @@ from .node import NodeRecord
 IMAGE_FOR = {"busybox": images.TOOLS}
 
 
-class RealClusterHandle:
+class RealClusterHandle(PodCalls):
     kind = "real"
     capture_image = images.CAPTURE
     node_names = (node.NODE_NAME,)
     limited_context = LIMITED_CONTEXT
+    pod_timeout = 90.0  # kubelet starts real containers
+    poll = 0.1
     cert_context = "zsniff-real"  # its admin user has a client certificate and no token
 
     def __init__(self, state_dir: Path | str) -> None:
@@ -56,11 +58,6 @@ class RealClusterHandle:
         if status >= 400:
             raise ApiFailure(status, obj)
         return obj
-
-    @staticmethod
-    def _pods(namespace: str, name: str | None = None) -> str:
-        base = f"/api/v1/namespaces/{namespace}/pods"
-        return f"{base}/{name}" if name else base
 
     def create_pod(self, name: str, namespace: str = "default",
                    command: list[str] | None = None, image: str = "busybox",
@@ -92,55 +89,8 @@ class RealClusterHandle:
         manifest = {"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
                     "spec": spec}
-        obj = self.request("POST", self._pods(namespace), manifest)
+        obj = self.request("POST", self.pod_path(namespace), manifest)
         return self.wait_pod_running(name, namespace) if wait else dict(obj)
-
-    def get_pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
-        return dict(self.request("GET", self._pods(namespace, name)))
-
-    def wait_for(self, name: str, namespace: str, predicate: Any,
-                 timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            pod = self.get_pod(name, namespace)
-            if predicate(pod):
-                return pod
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pod {namespace}/{name}: condition not met: {pod['status']}")
-            time.sleep(0.1)
-
-    def wait_pod_running(self, name: str, namespace: str = "default",
-                         timeout: float = 90) -> dict[str, Any]:
-        def running(pod: dict[str, Any]) -> bool:
-            status = pod.get("status", {})
-            return status.get("phase") == "Running" and bool(status.get("podIPs")) and all(
-                "running" in s.get("state", {}) for s in status.get("containerStatuses", []))
-
-        return self.wait_for(name, namespace, running, timeout)
-
-    def delete_pod(self, name: str, namespace: str = "default", *, grace: int = 0,
-                   wait: bool = True, timeout: float = 60) -> None:
-        try:
-            self.request("DELETE", self._pods(namespace, name) + f"?gracePeriodSeconds={grace}")
-        except ApiFailure as e:
-            if e.status != 404:
-                raise
-            return
-        deadline = time.monotonic() + timeout
-        while wait:
-            try:
-                self.get_pod(name, namespace)
-            except ApiFailure as e:
-                if e.status == 404:
-                    return
-                raise
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pod {namespace}/{name} not deleted")
-            time.sleep(0.1)
-
-    def pod_ip(self, ns: str, name: str, family: int = 4) -> str:
-        ips = [i["ip"] for i in self.get_pod(name, ns)["status"].get("podIPs", [])]
-        return next(ip for ip in ips if (":" in ip) == (family == 6))
 
     # ---- below the API ----------------------------------------------------------------------
 
