@@ -167,6 +167,15 @@ def drop_pair(pair: PodPair) -> None:
         pair.cluster.delete_pod(pod, pair.namespace)
 
 
+@pytest.fixture
+def fresh_pod(cluster: Any) -> Iterator[str]:
+    """A pod of its own (in "default") that no capture has touched yet."""
+    name = unique("fresh")
+    cluster.create_pod(name)
+    yield name
+    cluster.delete_pod(name)
+
+
 @pytest.fixture(scope="module")
 def pair(cluster: Any) -> Iterator[PodPair]:
     """Two pods with a server, shared by the tests of one module."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ from tests.e2e.conftest import (
 )
 
 CLOSE_STDOUT = ["/bin/sh", "-c", 'exec "$@" >&-', "sh"]
-
-
-@pytest.fixture
-def quiet_pod(cluster: Any) -> Iterator[str]:
-    name = unique("first-use")
-    cluster.create_pod(name)
-    yield name
-    cluster.delete_pod(name)
 
 
 def test_this_checkouts_cli_is_the_one_tested(zsniff: Zsniff) -> None:
@@ -52,34 +43,34 @@ def _device(path: Path, minor: int) -> Path:
 
 @needs_root
 def test_output_onto_a_device_keeps_the_device(
-        zsniff: Zsniff, quiet_pod: str, tmp_path: Path, cluster: Any) -> None:
+        zsniff: Zsniff, fresh_pod: str, tmp_path: Path, cluster: Any) -> None:
     """Defect 11: `-w` onto a full device removed the node; onto a null device made it 0600."""
     full = _device(tmp_path / "x", 7)
-    result = zsniff.run([quiet_pod, "-w", str(full), "-d", "1s"])
+    result = zsniff.run([fresh_pod, "-w", str(full), "-d", "1s"])
     assert_clean_error(result, 16, "No space left on device")
     assert stat.S_ISCHR(full.stat().st_mode), "the device node was removed"
     assert stat.S_IMODE(full.stat().st_mode) == 0o666
     null = _device(tmp_path / "y", 3)
-    result = zsniff.run([quiet_pod, "-w", str(null), "-d", "1s"])
+    result = zsniff.run([fresh_pod, "-w", str(null), "-d", "1s"])
     assert result.returncode == 0, result.stderr
     assert stat.S_ISCHR(null.stat().st_mode)
     assert stat.S_IMODE(null.stat().st_mode) == 0o666, "the device's mode was changed"
-    assert_no_capture_left(cluster, "default", quiet_pod)
+    assert_no_capture_left(cluster, "default", fresh_pod)
 
 
-def test_existing_file_keeps_its_mode(zsniff: Zsniff, quiet_pod: str, tmp_path: Path) -> None:
+def test_existing_file_keeps_its_mode(zsniff: Zsniff, fresh_pod: str, tmp_path: Path) -> None:
     out = tmp_path / "shared.pcapng"
     out.write_bytes(b"")
     out.chmod(0o640)
-    result = zsniff.run([quiet_pod, "-w", str(out), "-d", "1s"])
+    result = zsniff.run([fresh_pod, "-w", str(out), "-d", "1s"])
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert out.stat().st_size > 0  # the header at least: it was written, not removed
 
 
-def test_closed_stdout_is_an_output_error(zsniff: Zsniff, quiet_pod: str) -> None:
+def test_closed_stdout_is_an_output_error(zsniff: Zsniff, fresh_pod: str) -> None:
     """Defect 8: `-w - >&-` ended in an AttributeError (exit 1)."""
-    result = zsniff.run([quiet_pod, "-w", "-", "-d", "1s"], wrap=CLOSE_STDOUT, stdout=None)
+    result = zsniff.run([fresh_pod, "-w", "-", "-d", "1s"], wrap=CLOSE_STDOUT, stdout=None)
     assert_clean_error(result, 16, "standard output is closed")
 
 
@@ -94,17 +85,17 @@ def test_view_refuses_a_file_that_is_not_a_capture(zsniff: Zsniff, tmp_path: Pat
 
 
 def test_kubeconfig_list_skips_missing_entries(
-        zsniff: Zsniff, quiet_pod: str, tmp_path: Path) -> None:
+        zsniff: Zsniff, fresh_pod: str, tmp_path: Path) -> None:
     """Defect 5: KUBECONFIG=/missing:/good was refused; kubectl skips the missing entry."""
     env = zsniff_env(zsniff.home)  # drops any KUBECONFIG of the caller's
     env["KUBECONFIG"] = f"{tmp_path / 'missing'}:{zsniff.kubeconfig}"
     out = tmp_path / "c.pcapng"
-    result = subprocess.run([*ZSNIFF, quiet_pod, "--image", zsniff.image, "-d", "1s", "-w",
+    result = subprocess.run([*ZSNIFF, fresh_pod, "--image", zsniff.image, "-d", "1s", "-w",
                              str(out)], capture_output=True, text=True, timeout=90, env=env)
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0
     env["KUBECONFIG"] = f"{tmp_path / 'missing'}:{tmp_path / 'missing2'}"
-    result = subprocess.run([*ZSNIFF, quiet_pod, "-w", str(tmp_path / "d.pcapng")],
+    result = subprocess.run([*ZSNIFF, fresh_pod, "-w", str(tmp_path / "d.pcapng")],
                             capture_output=True, text=True, timeout=90, env=env)
     assert_clean_error(result, 2, "KUBECONFIG", "missing2")
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.conftest import (
     PodPair,
@@ -23,15 +20,6 @@ from tests.e2e.conftest import (
 )
 
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-
-
-@pytest.fixture
-def fresh_pod(cluster: Any) -> Iterator[str]:
-    """A pod no capture has touched yet (in "default")."""
-    name = unique("edge-fresh")
-    cluster.create_pod(name)
-    yield name
-    cluster.delete_pod(name)
 
 
 def test_existing_file_is_refused_then_overwritten_with_force(

@@ -85,10 +85,18 @@ def _go_build(module_dir: Path, out: Path, packages: list[str], ldflags: str,
     tmp.rmdir()
 
 
+def binaries_dir() -> Path:
+    return cache_root() / f"kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
+
+
+def binaries_cached() -> bool:
+    return all((binaries_dir() / c).exists() for c in (*KUBE_COMMANDS, "etcd"))
+
+
 def ensure_binaries(log: Path | None = None) -> Binaries:
     """The cached binaries of KUBERNETES_VERSION and ETCD_VERSION, built first if missing."""
     reason = go_missing_reason()
-    directory = cache_root() / f"kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
+    directory = binaries_dir()
     directory.mkdir(parents=True, exist_ok=True)
     log = log or directory / "build.log"
     missing = [c for c in KUBE_COMMANDS if not (directory / c).exists()]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import images, node
-from .build import Binaries, cache_root, ensure_binaries
+from .build import Binaries, binaries_cached, cache_root, ensure_binaries, go_missing_reason
 from .node import NODE_IPV4, NODE_IPV6, NODE_NAME, NodeRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,16 +58,7 @@ def missing_reason() -> str | None:
             return f"the real cluster needs {tool} (bash scripts/setup installs it)"
     if images.missing_tools():
         return f"the real cluster's images need {', '.join(images.missing_tools())}"
-    from .build import go_missing_reason
-
-    return go_missing_reason() if not _binaries_cached() else None
-
-
-def _binaries_cached() -> bool:
-    from .build import ETCD_VERSION, KUBE_COMMANDS, KUBERNETES_VERSION
-
-    d = cache_root() / f"kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
-    return all((d / c).exists() for c in (*KUBE_COMMANDS, "etcd"))
+    return None if binaries_cached() else go_missing_reason()
 
 
 # ---- certificates ---------------------------------------------------------------------------
@@ -365,29 +356,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bootstrap_objects(api: Api) -> None:
-    rbac = "/apis/rbac.authorization.k8s.io/v1"
-    # The API server's client certificate must be allowed to use kubelet's API (exec, logs).
-    api.ensure(f"{rbac}/clusterrolebindings", {
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def _bind(api: Api, name: str, cluster_role: str, user: str) -> None:
+    api.ensure(f"{RBAC}/clusterrolebindings", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "zsniff-apiserver-kubelet-admin"},
+        "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "system:kubelet-api-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                      "name": "kube-apiserver-kubelet-client"}]})
+                    "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+def _bootstrap_objects(api: Api) -> None:
+    # The API server's client certificate must be allowed to use kubelet's API (exec, logs).
+    _bind(api, "zsniff-apiserver-kubelet-admin", "system:kubelet-api-admin",
+          "kube-apiserver-kubelet-client")
     # The limited user: may read pods and exec, may not patch pods/ephemeralcontainers.
-    api.ensure(f"{rbac}/clusterroles", {
+    api.ensure(f"{RBAC}/clusterroles", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "zsniff-limited"},
         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
                   {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}]})
-    api.ensure(f"{rbac}/clusterrolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "zsniff-limited"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "zsniff-limited"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                      "name": LIMITED_USER}]})
+    _bind(api, "zsniff-limited", "zsniff-limited", LIMITED_USER)
     for level in ("baseline", "restricted"):
         api.ensure("/api/v1/namespaces", {
             "apiVersion": "v1", "kind": "Namespace",

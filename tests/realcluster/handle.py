@@ -9,7 +9,6 @@ reference tcpdumps), ``processes`` lists what runs in a pod, from /proc and the 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import subprocess
 import time
@@ -200,13 +199,3 @@ class RealClusterHandle(PodCalls):
 
     def reset(self) -> None:
         """Nothing to reset: the real cluster has no fault switches."""
-
-    def container_logs(self) -> dict[str, str]:
-        logs = {}
-        for path in sorted((self.state_dir / "logs").glob("*.log")):
-            logs[path.stem] = "\n".join(path.read_text(errors="replace").splitlines()[-40:])
-        return logs
-
-    def describe(self) -> str:
-        return json.dumps({"state": str(self.state_dir), "prefix": self.prefix,
-                           "server": self.base_url})

@@ -39,6 +39,7 @@ GROUP = "root:x:0:\ntcpdump:x:108:\nnogroup:x:65534:\n"
 class ImageSpec:
     tags: tuple[str, ...]
     programs: tuple[str, ...] = ()  # host paths copied with their libraries
+    busybox_at: str = "bin/busybox"  # where the busybox binary goes in the image
     busybox_applets: bool = True  # /bin/sh, sleep, ... as links to busybox
     command: tuple[str, ...] = ("sleep", "infinity")
     extra_files: dict[str, str] = field(default_factory=dict)  # path in image -> text
@@ -55,7 +56,8 @@ def specs() -> list[ImageSpec]:
                   extra_files=etc),
         # No shell and no tcpdump: one static program, busybox named /sleep (busybox acts as
         # the applet its file is named after, so this one can only sleep).
-        ImageSpec((DISTROLESS,), (), busybox_applets=False, command=("/sleep", "2147483647")),
+        ImageSpec((DISTROLESS,), (), busybox_at="sleep", busybox_applets=False,
+                  command=("/sleep", "2147483647")),
     ]
 
 
@@ -76,10 +78,7 @@ def _members(spec: ImageSpec) -> list[tuple[str, str | bytes, int, str | None]]:
     for directory in ("bin", "etc", "tmp", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys",
                       "root", "var", "var/run"):
         members[directory] = (b"", 0o1777 if directory == "tmp" else 0o755, "dir")
-    if spec.tags[0] == DISTROLESS:
-        members["sleep"] = (BUSYBOX, 0o755, None)
-    elif spec.tags[0] == PAUSE or spec.busybox_applets:
-        members["bin/busybox"] = (BUSYBOX, 0o755, None)
+    members[spec.busybox_at] = (BUSYBOX, 0o755, None)
     if spec.busybox_applets:
         applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
                                  check=True).stdout.split()
