@@ -120,6 +120,12 @@ class ConsoleReporter:
         for note in summary.notes:
             message += f"\nzsniff: {note}"
         self._line(f"zsniff: {message}")
+        dropped = sum(d or 0 for d in drops)
+        if dropped:
+            self._line(
+                f"hint: the kernel dropped {plural(dropped, 'packet')} before tcpdump read them "
+                f"(its buffer, -B, is {opts.tcpdump.buffer_kib:,} KiB): raise -B/--buffer-size, "
+                "narrow the filter, or lower --snaplen")
 
     def error(self, err: ZsniffError) -> None:
         with self._lock:

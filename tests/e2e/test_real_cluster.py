@@ -251,7 +251,7 @@ ROUNDS = 4
 
 
 def _bursts_on_a_busy_node(cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path,
-                           *flags: str) -> tuple[int, int]:
+                           *flags: str) -> tuple[int, int, str]:
     """(packets, kernel drops) of a capture of bursts into the web pod (BestEffort: its
     cgroup has cpu.shares 2) while two busy loops keep both cores loaded."""
     out = tmp_path / "bursts.pcapng"
@@ -272,14 +272,27 @@ def _bursts_on_a_busy_node(cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path
         for burner in burners:
             stop_process(burner)
     assert proc.returncode == 0, err
-    return len(load(out).packets), _dropped(err.decode())
+    return len(load(out).packets), _dropped(err.decode()), err.decode()
 
 
-def test_bursts_into_a_besteffort_pod_on_a_busy_node_are_not_dropped(
+def test_bursts_on_a_busy_node_lose_nothing_unreported(
         cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path) -> None:
-    """zsniff's default kernel buffer (-B 8192 KiB) takes bursts that tcpdump's own 2 MiB
-    drops when the pod gets little CPU (immediate mode: 64 KiB frames on a veth). With the
-    default set to 2048 this test failed: 50 of 1,497 packets dropped."""
-    packets, dropped = _bursts_on_a_busy_node(cluster, zsniff, pair, tmp_path)
-    assert dropped == 0 and packets >= ROUNDS * 3 * 2 * (4 * 8 + 4 * 2 + 3 * 2), (packets,
-                                                                                 dropped)
+    """Bursts into a BestEffort pod while both cores are busy: every packet sent is either in
+    the file or counted as dropped by the kernel, and drops come with a hint that names -B.
+    Whether any are dropped depends on the CPU the pod gets (zsniff's 8 MiB default dropped 0
+    of ~1,500 in most runs and 121 in one): bench/bench_drops.py measures it against tcpdump's
+    own 2 MiB; a test must not depend on it."""
+    packets, dropped, err = _bursts_on_a_busy_node(cluster, zsniff, pair, tmp_path)
+    sent = ROUNDS * 3 * 2 * (4 * 8 + 4 * 2 + 3 * 2)  # a lower bound: both directions
+    assert packets + dropped >= sent, (packets, dropped)
+    assert packets > 0
+    if dropped:
+        assert "raise -B/--buffer-size" in err, err
+    else:
+        assert "hint:" not in err, err
+    # 256 KiB (the least zsniff takes) holds four frames: the same bursts are dropped,
+    # counted and hinted at.
+    packets, dropped, err = _bursts_on_a_busy_node(cluster, zsniff, pair, tmp_path,
+                                                   "-B", "256")
+    assert dropped > 0 and packets + dropped >= sent, (packets, dropped)
+    assert "(its buffer, -B, is 256 KiB): raise -B/--buffer-size" in err, err
