@@ -1,4 +1,4 @@
-"""Throughput of kubectl_zsniff.execws against a raw websockets recv loop (not a test).
+"""Throughput of kubectl_zsniff.wire.execws against a raw websockets recv loop (not a test).
 
 A local server process streams N MB of stdout frames (channel 1) of 64 KiB, then a Success
 status and a close, speaking just enough of the exec websocket protocol. The server writes
@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kubectl_zsniff.execws import PROTOCOL_V4, PROTOCOL_V5, ApiEndpoint, ExecSession  # noqa: E402
+from kubectl_zsniff.wire.execws import PROTOCOL_V4, PROTOCOL_V5, ApiEndpoint, ExecSession  # noqa: E402
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

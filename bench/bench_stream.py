@@ -53,7 +53,8 @@ CLIENT_POD = "bench-client"
 NAMESPACE = "default"
 CONTAINER = "main"
 CLI = [sys.executable, "-c",
-       "import sys; sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli import main; main()"]
+       "import sys; sys.argv[0] = 'kubectl-zsniff'; "
+       "from kubectl_zsniff.cli.app import main; main()"]
 TARGETS = {"zsniff pcap": 1.0, "zsniff pcapng": 0.5}
 RSS_TARGET_MB = 100.0
 
@@ -126,12 +127,12 @@ def measure(argv: list[str], env: dict[str, str], server_pid: int,
 
 
 def client_main(args: argparse.Namespace) -> int:
-    from kubectl_zsniff.capture import OutputPipeline
-    from kubectl_zsniff.execws import ExecSession
-    from kubectl_zsniff.inject import PodInfo
-    from kubectl_zsniff.kube import load_client
+    from kubectl_zsniff.capture.run import OutputPipeline
+    from kubectl_zsniff.kube.client import load_client
+    from kubectl_zsniff.kube.container import PodInfo
     from kubectl_zsniff.options import CaptureLimits, KubeOptions, TcpdumpOptions
     from kubectl_zsniff.sinks.file import FileSink
+    from kubectl_zsniff.wire.execws import ExecSession
 
     kube = load_client(KubeOptions(kubeconfig=args.kubeconfig))
     endpoint = kube.endpoint()

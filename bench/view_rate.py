@@ -16,7 +16,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubectl_zsniff.view import view_file  # noqa: E402
+from kubectl_zsniff.view.render import view_file  # noqa: E402
 from tests.unit.test_view import demo_stream  # noqa: E402
 
 

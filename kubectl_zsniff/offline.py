@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import ExitStatus, ZsniffError
-from .formats.pcap import PcapFormatError
-from .formats.pcapng import (
+from kubectl_zsniff import __version__
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.formats.pcap import PcapFormatError
+from kubectl_zsniff.formats.pcapng import (
     Interface,
     NameRecords,
     PacketRecord,
@@ -24,9 +24,9 @@ from .formats.pcapng import (
     read_capture,
     section_header_block,
 )
-from .namemap import PodName, normalize_ip
-from .names import NameBook
-from .sinks.file import open_output, open_private
+from kubectl_zsniff.names.book import NameBook
+from kubectl_zsniff.names.map import PodName, normalize_ip
+from kubectl_zsniff.sinks.file import open_output, open_private
 
 
 @dataclass

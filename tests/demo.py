@@ -73,7 +73,7 @@ def kubectl_zsniff() -> list[str]:
     found = shutil.which("kubectl-zsniff")
     if found:
         return [found]
-    return [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()"]
+    return [sys.executable, "-c", "from kubectl_zsniff.cli.app import main; main()"]
 
 
 def main() -> int:

@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..errors import ZsniffError
-from .detect import (
+from kubectl_zsniff.errors import ZsniffError
+from kubectl_zsniff.formats.detect import (
     MAGIC_MICROSECONDS,
     MAGIC_NANOSECONDS,
     PCAP_HEADER_LENGTH,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, NamedTuple
 
-from .detect import (
+from kubectl_zsniff.formats.detect import (
     BLOCK_SHB,
     BYTE_ORDER_MAGIC,
     BYTE_ORDER_MAGICS,
@@ -28,7 +28,7 @@ from .detect import (
     ByteOrder,
     capture_format,
 )
-from .pcap import Packet, PcapFormatError, PcapStreamParser
+from kubectl_zsniff.formats.pcap import Packet, PcapFormatError, PcapStreamParser
 
 BLOCK_IDB = 0x00000001
 BLOCK_PB_OBSOLETE = 0x00000002

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from ..errors import ExitStatus, ZsniffError
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
 
 #: Once the capture is stopping, a reader that takes nothing for this long is given up.
 STALLED_READER_SECONDS = 5.0

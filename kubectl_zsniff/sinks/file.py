@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ExitStatus, ZsniffError
-from . import PipeWriter, ReaderClosed
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.sinks import PipeWriter, ReaderClosed
 
 OWNER_ONLY = 0o600
 

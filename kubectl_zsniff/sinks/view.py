@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ..formats.detect import ByteOrder
-from ..formats.pcapng import PACKET_BLOCK_TYPES, BlockFramer, frame_block
-from ..words import plural
+from kubectl_zsniff.formats.detect import ByteOrder
+from kubectl_zsniff.formats.pcapng import PACKET_BLOCK_TYPES, BlockFramer, frame_block
+from kubectl_zsniff.words import plural
 
 SKIP_MARKER_TYPE = 0x80005A53  # local-use block type ("ZS"): never leaves the sink -> child pipe
 _PIPE_SIZE = 1 << 20  # Linux F_SETPIPE_SZ; default pipe-max-size is 1 MiB
@@ -84,8 +84,9 @@ def view_command(
     width: int | None = None,
     color: str = "auto",
 ) -> list[str]:
-    """The default child: this interpreter running kubectl_zsniff.view on stdin."""
-    command = [sys.executable, "-m", "kubectl_zsniff.view", "--time", time_format, "--color", color]
+    """The default child: this interpreter running kubectl_zsniff.view.render on stdin."""
+    command = [sys.executable, "-m", "kubectl_zsniff.view.render",
+               "--time", time_format, "--color", color]
     if display_filter:
         command += ["--filter", display_filter]
     if hosts_file:

@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from ..errors import ExitStatus, ZsniffError
-from . import PipeWriter, ReaderClosed
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.sinks import PipeWriter, ReaderClosed
 
 # Where installers put Wireshark when it is not on PATH (a frequent complaint about peers).
 WELL_KNOWN_PATHS = {

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..errors import ExitStatus, ZsniffError
-from ..namemap import NameSource
-from ..zeeklog import FileSummary, enrich_directory
-from . import PipeWriter
-from .file import open_private
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.names.map import NameSource
+from kubectl_zsniff.sinks import PipeWriter
+from kubectl_zsniff.sinks.file import open_private
+from kubectl_zsniff.zeek.logs import FileSummary, enrich_directory
 
 # Where Zeek's own packages and source builds install it; neither is on PATH by default.
 ZEEK_DIRS: tuple[str, ...] = ("/usr/local/zeek/bin", "/opt/zeek/bin")

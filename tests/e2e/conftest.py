@@ -37,7 +37,7 @@ REPO_ROOT = HERE.parents[1]
 # at: the `kubectl-zsniff` console script runs the same main() with the installed package.
 ZSNIFF: list[str] = [
     sys.executable, "-c",
-    "import sys; sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli import main; main()",
+    "import sys; sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli.app import main; main()",
 ]
 _names = itertools.count(1)
 # Subcommands that take no --image (they inject nothing).

@@ -59,7 +59,7 @@ def test_capture_with_the_oldest_supported_official_client(
         proc = subprocess.Popen(
             [str(old_client_python), "-c",
              "import sys; sys.argv[0] = 'kubectl-zsniff'; "
-             "from kubectl_zsniff.cli import main; main()",
+             "from kubectl_zsniff.cli.app import main; main()",
              "compat-web", "-d", "6s", "-w", str(out), "--image", "busybox", "icmp"],
             env=env_for(kube_home, cluster.kubeconfig), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, cwd=REPO)

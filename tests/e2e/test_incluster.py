@@ -56,7 +56,7 @@ def in_cluster_run(cluster: Any, tmp_path: Path, args: list[str],
     )
     argv = [sys.executable, "-c",
             "import sys; sys.argv[0] = 'kubectl-zsniff'; "
-            "from kubectl_zsniff.cli import main; main()", *args]
+            "from kubectl_zsniff.cli.app import main; main()", *args]
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
          str(files), *argv],

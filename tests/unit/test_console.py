@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from kubectl_zsniff.console import ConsoleReporter
+from kubectl_zsniff.cli.console import ConsoleReporter
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 
 

@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.execws import (
+from kubectl_zsniff.wire.execws import (
     PROTOCOL_V4,
     PROTOCOL_V5,
     ApiEndpoint,
@@ -677,7 +677,7 @@ def test_tls_with_ca_works(self_signed: tuple[Path, Path]) -> None:
 def test_endpoint_from_configuration(self_signed: tuple[Path, Path]) -> None:
     from kubernetes.client import Configuration
 
-    from kubectl_zsniff.execws import endpoint_from_configuration
+    from kubectl_zsniff.wire.execws import endpoint_from_configuration
 
     cert, _ = self_signed
     cfg = Configuration()

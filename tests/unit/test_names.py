@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.namemap import PodName
-from kubectl_zsniff.names import NameBook
+from kubectl_zsniff.names.book import NameBook
+from kubectl_zsniff.names.map import PodName
 
 
 def pod(name: str, ip: str, ns: str = "shop", rv: str = "1") -> dict[str, Any]:

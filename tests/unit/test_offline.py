@@ -36,7 +36,7 @@ def tshark_fields(path: Path, *fields: str, extra: tuple[str, ...] = ()) -> list
 
 def zsniff(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from kubectl_zsniff.cli import main; main()", *args],
+        [sys.executable, "-c", "from kubectl_zsniff.cli.app import main; main()", *args],
         capture_output=True, text=True, env=env, timeout=120,
     )
 
@@ -107,11 +107,11 @@ def test_convert_refuses_junk_and_missing_files(tmp_path: Path) -> None:
 
 @needs_traces
 def test_names_read_back_follow_time(tmp_path: Path) -> None:
-    from kubectl_zsniff.capture import OutputPipeline
+    from kubectl_zsniff.capture.run import OutputPipeline
     from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
-    from kubectl_zsniff.inject import PodInfo
-    from kubectl_zsniff.namemap import PodName
-    from kubectl_zsniff.names import NameBook
+    from kubectl_zsniff.kube.container import PodInfo
+    from kubectl_zsniff.names.book import NameBook
+    from kubectl_zsniff.names.map import PodName
     from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
     from tests.unit.test_pipeline import CollectingSink, udp_frame
 
@@ -175,7 +175,7 @@ def test_enrich_command_rejects_a_missing_path(tmp_path: Path) -> None:
 # --- the CLI's offline commands, as a user runs them (this checkout, a fresh interpreter) ---
 
 CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
-       "from kubectl_zsniff.cli import main; main()"]
+       "from kubectl_zsniff.cli.app import main; main()"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -79,7 +79,7 @@ def test_console_script_help_is_fast_and_shows_examples() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     bare, _ = _fastest([sys.executable, "-c", "pass"], env)
     fastest, out = _fastest([sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
-                             "from kubectl_zsniff.cli import main; main()", "--help"], env)
+                             "from kubectl_zsniff.cli.app import main; main()", "--help"], env)
     assert "Examples:" in out and "--wireshark" in out
     assert "--version" in out and "--force" in out  # every flag is listed
     assert fastest < HELP_SECONDS, f"--help took {fastest:.2f} s at best"
@@ -88,7 +88,7 @@ def test_console_script_help_is_fast_and_shows_examples() -> None:
     # --help must not import the kubernetes client, rich or pyshark (each costs 0.3-0.5 s).
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from kubectl_zsniff import cli\n"
+         "import sys; from kubectl_zsniff.cli import app as cli\n"
          "try:\n    cli.cli(['--help'], standalone_mode=False)\nexcept SystemExit: pass\n"
          "print(sorted(m for m in ('kubernetes','rich','pyshark','websockets') "
          "if m in sys.modules))"],

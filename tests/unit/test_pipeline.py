@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_zsniff.capture import OutputPipeline, StopReason, TcpdumpReport
+from kubectl_zsniff.capture.run import OutputPipeline, StopReason, TcpdumpReport
 from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
 from kubectl_zsniff.formats.pcapng import NameRecords, PacketRecord, read_capture
-from kubectl_zsniff.inject import PodInfo
-from kubectl_zsniff.namemap import PodName
-from kubectl_zsniff.names import NameBook
+from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.names.book import NameBook
+from kubectl_zsniff.names.map import PodName
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
-from kubectl_zsniff.packetaddr import ip_addresses
+from kubectl_zsniff.pipeline.packetaddr import ip_addresses
 
 POD = PodInfo("shop", "web-1", "node-a", ("app",), "Running", ("10.244.1.1", "fd00::1"))
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")

@@ -129,7 +129,7 @@ def test_splitter_any_chunking_and_both_byte_orders() -> None:
 
 @needs_tshark
 def test_view_file_shows_pod_names_from_nrb(tmp_path: Path) -> None:
-    from kubectl_zsniff.view import view_file
+    from kubectl_zsniff.view.render import view_file
 
     path = tmp_path / "names.pcapng"
     path.write_bytes(b"".join(demo_stream(4)))
@@ -148,7 +148,7 @@ def test_view_file_shows_pod_names_from_nrb(tmp_path: Path) -> None:
 
 @needs_tshark
 def test_view_file_filter_count_and_unnamed_addresses(tmp_path: Path) -> None:
-    from kubectl_zsniff.view import view_file
+    from kubectl_zsniff.view.render import view_file
 
     blocks = demo_stream(6)
     blocks.append(epb(ipv4_frame(OTHER, WEB, "udp", 1, 2, b"z"), 1_700_000_001_000_000))
@@ -168,7 +168,7 @@ def test_view_file_filter_count_and_unnamed_addresses(tmp_path: Path) -> None:
 @needs_tshark
 def test_view_file_bad_filter_is_a_usage_error(tmp_path: Path) -> None:
     from kubectl_zsniff.errors import ExitStatus, ZsniffError
-    from kubectl_zsniff.view import view_file
+    from kubectl_zsniff.view.render import view_file
 
     path = tmp_path / "x.pcapng"
     path.write_bytes(b"".join(demo_stream(2)))
@@ -180,7 +180,7 @@ def test_view_file_bad_filter_is_a_usage_error(tmp_path: Path) -> None:
 @needs_tshark
 @pytest.mark.skipif(not WIKIPEDIA.is_file(), reason="shared Zeek traces are not present")
 def test_view_file_wikipedia_pcap_with_ipv6() -> None:
-    from kubectl_zsniff.view import view_file
+    from kubectl_zsniff.view.render import view_file
 
     console = record(width=200)
     assert view_file(str(WIKIPEDIA), console) == 136
@@ -325,7 +325,7 @@ def test_live_view_shows_a_packet_before_the_next_one_arrives(tmp_path: Path) ->
 def test_render_packets_accepts_pyshark_json_packets(tmp_path: Path) -> None:
     import pyshark
 
-    from kubectl_zsniff.view import render_packets, tshark_parameters
+    from kubectl_zsniff.view.render import render_packets, tshark_parameters
 
     path = tmp_path / "json.pcapng"
     path.write_bytes(b"".join(demo_stream(4)))

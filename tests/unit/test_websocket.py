@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from kubectl_zsniff.websocket import (
+from kubectl_zsniff.wire.websocket import (
     OP_BINARY,
     HandshakeFailed,
     HandshakeRejected,

@@ -18,7 +18,7 @@ from parsezeeklogs import ZeekLog
 
 import kubectl_zsniff.sinks.zeek as zeek_mod
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.namemap import DictNameMap, PodName
+from kubectl_zsniff.names.map import DictNameMap, PodName
 from kubectl_zsniff.sinks.zeek import ZeekSink, find_zeek
 from tests.shared_data import ZEEK_DATA
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from parsezeeklogs import ZeekLog
 
-from kubectl_zsniff.namemap import DictNameMap, PodName, normalize_ip
-from kubectl_zsniff.zeeklog import (
+from kubectl_zsniff.names.map import DictNameMap, PodName, normalize_ip
+from kubectl_zsniff.zeek.logs import (
     NEW_FIELDS_ALL,
     detect_format,
     enrich_bytes,

@@ -14,22 +14,22 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from . import __version__
-from .errors import ZsniffError
-from .formats.detect import PCAP_HEADER_LENGTH
-from .formats.pcap import Packet, PcapHeader, PcapStreamParser
-from .formats.pcapng import (
+from kubectl_zsniff import __version__
+from kubectl_zsniff.errors import ZsniffError
+from kubectl_zsniff.formats.detect import PCAP_HEADER_LENGTH
+from kubectl_zsniff.formats.pcap import Packet, PcapHeader, PcapStreamParser
+from kubectl_zsniff.formats.pcapng import (
     PcapngPacketEncoder,
     enhanced_packet_block,
     interface_description_block,
     name_resolution_block,
     section_header_block,
 )
-from .inject import PodInfo
-from .names import NameBook
-from .options import CaptureLimits, TcpdumpOptions
-from .packetaddr import ip_addresses
-from .sinks import ReaderClosed, ReaderStalled, Sink
+from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.names.book import NameBook
+from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
+from kubectl_zsniff.pipeline.packetaddr import ip_addresses
+from kubectl_zsniff.sinks import ReaderClosed, ReaderStalled, Sink
 
 
 class StopReason(str, Enum):

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .errors import ExitStatus, ZsniffError
-from .kube import JSON, KubeClient, api_path, field, pod_ips
-from .namemap import PodName, normalize_ip
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field, pod_ips
+from kubectl_zsniff.names.map import PodName, normalize_ip
 
 # Kinds whose pods carry a generated suffix worth stripping to name the workload.
 _REPLICASET_HASH_LABEL = "pod-template-hash"

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import ZsniffError
-from .words import plural
+from kubectl_zsniff.errors import ZsniffError
+from kubectl_zsniff.words import plural
 
 
 def human_bytes(n: float) -> str:

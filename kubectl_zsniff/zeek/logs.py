@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.namemap import LookupFunc, NameSource, PodName, as_lookup, normalize_ip
+from kubectl_zsniff.names.map import LookupFunc, NameSource, PodName, as_lookup, normalize_ip
 
 LogFormat = Literal["tsv", "json"]
 

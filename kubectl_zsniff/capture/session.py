@@ -11,9 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .capture import CaptureRun, CaptureSummary, OutputPipeline, Reporter, check_filter_locally
-from .errors import ZsniffError
-from .inject import (
+from kubectl_zsniff.capture.run import (
+    CaptureRun,
+    CaptureSummary,
+    OutputPipeline,
+    Reporter,
+    check_filter_locally,
+)
+from kubectl_zsniff.errors import ZsniffError
+from kubectl_zsniff.kube.client import KubeClient, load_client
+from kubectl_zsniff.kube.container import (
     PodInfo,
     Target,
     ensure_capture_container,
@@ -21,11 +28,10 @@ from .inject import (
     preflight_refusal,
     resolve_targets,
 )
-from .kube import KubeClient, load_client
-from .names import NameBook
-from .options import CaptureOptions, OutputFormat
-from .sinks import Sink
-from .sinks.file import FileSink, refuse_overwrite
+from kubectl_zsniff.names.book import NameBook
+from kubectl_zsniff.options import CaptureOptions, OutputFormat
+from kubectl_zsniff.sinks import Sink
+from kubectl_zsniff.sinks.file import FileSink, refuse_overwrite
 
 
 def output_format_for(path: Path | None, explicit: OutputFormat | None) -> OutputFormat:
@@ -40,15 +46,15 @@ def check_tools(opts: CaptureOptions) -> None:
     """Fail on a missing local tool before anything touches the cluster."""
     out = opts.output
     if out.wireshark:
-        from .sinks.wireshark import find_wireshark
+        from kubectl_zsniff.sinks.wireshark import find_wireshark
 
         find_wireshark(out.wireshark_path)
     if out.zeek_dir is not None:
-        from .sinks.zeek import find_zeek
+        from kubectl_zsniff.sinks.zeek import find_zeek
 
         find_zeek()
     if out.view:
-        from .view import require_tshark
+        from kubectl_zsniff.view.render import require_tshark
 
         require_tshark()
 
@@ -59,25 +65,25 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None) -> list[
     try:
         if out.path is not None:
             if out.to_stdout:
-                from .sinks.file import StdoutSink
+                from kubectl_zsniff.sinks.file import StdoutSink
 
                 sinks.append(StdoutSink(out.fmt.value))
             else:
-                from .sinks.file import FileSink
+                from kubectl_zsniff.sinks.file import FileSink
 
                 sinks.append(FileSink(out.path, out.fmt.value))
         if out.wireshark:
-            from .sinks.wireshark import WiresharkSink
+            from kubectl_zsniff.sinks.wireshark import WiresharkSink
 
             sinks.append(WiresharkSink(title, out.wireshark_path))
         if out.zeek_dir is not None:
-            from .sinks.zeek import ZeekSink
+            from kubectl_zsniff.sinks.zeek import ZeekSink
 
             zeek = ZeekSink(out.zeek_dir, book, extra_args=list(out.zeek_scripts))
             zeek.start()
             sinks.append(zeek)
         if out.view:
-            from .sinks.view import ViewSink
+            from kubectl_zsniff.sinks.view import ViewSink
 
             view = ViewSink()
             sinks.append(view)

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import ExitStatus, ZsniffError
-from .options import (
+from kubectl_zsniff import __version__
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.options import (
     DEFAULT_BUFFER_KIB,
     DEFAULT_IMAGE,
     DEFAULT_SNAPLEN,
@@ -28,7 +28,7 @@ from .options import (
     TargetOptions,
     TcpdumpOptions,
 )
-from .words import plural
+from kubectl_zsniff.words import plural
 
 CAPTURE_EXAMPLES = """
 \b
@@ -435,7 +435,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pod)
             path = Path(f"{safe}-{stamp}.pcapng")
-    from .session import output_format_for
+    from kubectl_zsniff.capture.session import output_format_for
 
     if kw["fmt"] and path is None:
         raise click.UsageError(
@@ -475,7 +475,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
 
 
 def _capture(opts: CaptureOptions, reporter: Any) -> int:
-    from .session import run_capture
+    from kubectl_zsniff.capture.session import run_capture
 
     summary = run_capture(opts, reporter)
     reporter.finish()
@@ -486,7 +486,7 @@ def _capture(opts: CaptureOptions, reporter: Any) -> int:
 
 
 def _make_reporter(quiet: bool, live: bool = True) -> Any:
-    from .console import ConsoleReporter
+    from kubectl_zsniff.cli.console import ConsoleReporter
 
     return ConsoleReporter(quiet=quiet, live=live)
 
@@ -536,8 +536,8 @@ def _cluster_names(kw: dict[str, Any], reporter: Any,
                    only_namespace: str | None = None) -> dict[str, str]:
     """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
     with `only_namespace`, that namespace's pods and services alone."""
-    from .kube import load_client
-    from .names import NameBook
+    from kubectl_zsniff.kube.client import load_client
+    from kubectl_zsniff.names.book import NameBook
 
     kube = load_client(
         KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
@@ -578,8 +578,8 @@ def view_command(
     def action() -> int:
         from rich.console import Console
 
-        from .sinks.file import standard_output
-        from .view import view_file
+        from kubectl_zsniff.sinks.file import standard_output
+        from kubectl_zsniff.view.render import view_file
 
         standard_output()  # the rows need somewhere to go
 
@@ -594,7 +594,7 @@ def view_command(
             hosts_file,
         )
 
-        from .formats.pcapng import truncated_bytes
+        from kubectl_zsniff.formats.pcapng import truncated_bytes
 
         tail = truncated_bytes(capture_file)
         if tail:
@@ -625,8 +625,8 @@ def convert_command(
     reporter = _make_reporter(False)
 
     def action() -> int:
-        from .offline import convert_capture
-        from .sinks.file import refuse_overwrite
+        from kubectl_zsniff.offline import convert_capture
+        from kubectl_zsniff.sinks.file import refuse_overwrite
 
         if Path(source).resolve() != Path(destination).resolve():  # that has its own error
             refuse_overwrite(Path(destination), force, "choose another DESTINATION")
@@ -667,10 +667,10 @@ def hosts_command(output: str, debug: bool, **kw: Any) -> None:
     reporter = _make_reporter(False)
 
     def action() -> int:
-        from .offline import hosts_file_text, write_text_private
+        from kubectl_zsniff.offline import hosts_file_text, write_text_private
 
         if output == "-":
-            from .sinks.file import standard_output
+            from kubectl_zsniff.sinks.file import standard_output
 
             out = standard_output()
         # -n NS: that namespace's pods and services only (no -n: the whole cluster).
@@ -719,12 +719,12 @@ def enrich_command(
     reporter = _make_reporter(False)
 
     def action() -> int:
-        from .namemap import DictNameMap
-        from .zeeklog import enrich_paths
+        from kubectl_zsniff.names.map import DictNameMap
+        from kubectl_zsniff.zeek.logs import enrich_paths
 
         namemap: Any
         if names_from and _is_capture(names_from):
-            from .offline import names_from_capture
+            from kubectl_zsniff.offline import names_from_capture
 
             namemap = names_from_capture(Path(names_from))
         elif names_from:
@@ -766,9 +766,9 @@ def leftovers_command(pods: tuple[str, ...], debug: bool, **kw: Any) -> None:
     reporter = _make_reporter(False)
 
     def action() -> int:
-        from .inject import get_pod, leftovers
-        from .kube import load_client
-        from .sinks.file import standard_output
+        from kubectl_zsniff.kube.client import load_client
+        from kubectl_zsniff.kube.container import get_pod, leftovers
+        from kubectl_zsniff.sinks.file import standard_output
 
         names, extra = split_targets(list(pods), None)
         if extra:
@@ -806,7 +806,7 @@ def _is_capture(path: str) -> bool:
         raise ZsniffError(f"cannot read {path}: {exc.strerror}",
                           "check the path given to --names-from",
                           ExitStatus.USAGE) from exc
-    from .formats.detect import capture_format
+    from kubectl_zsniff.formats.detect import capture_format
 
     return capture_format(magic) is not None
 

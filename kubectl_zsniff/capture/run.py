@@ -18,13 +18,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ExitStatus, ZsniffError
-from .execws import ApiEndpoint, ExecSession, StreamLostError, exec_capture_output
-from .formats.pcap import encode_pcap_header
-from .inject import PodInfo, capture_command
-from .options import CaptureLimits, TcpdumpOptions
-from .pipeline import Lane, OutputPipeline, StopReason
-from .words import plural
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.formats.pcap import encode_pcap_header
+from kubectl_zsniff.kube.container import PodInfo, capture_command
+from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
+from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
+from kubectl_zsniff.wire.execws import (
+    ApiEndpoint,
+    ExecSession,
+    StreamLostError,
+    exec_capture_output,
+)
+from kubectl_zsniff.words import plural
 
 __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "StopReason",
            "TcpdumpReport", "check_filter_locally", "tcpdump_failure"]

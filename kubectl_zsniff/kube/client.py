@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from .errors import ExitStatus, ZsniffError
-from .options import KubeOptions
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.options import KubeOptions
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -149,7 +149,7 @@ class KubeClient:
         return raw
 
     def endpoint(self) -> Any:
-        from .execws import endpoint_from_configuration
+        from kubectl_zsniff.wire.execws import endpoint_from_configuration
 
         return endpoint_from_configuration(self.configuration)
 
@@ -269,7 +269,7 @@ def load_client(opts: KubeOptions) -> KubeClient:
             ExitStatus.USAGE,
         ) from exc
 
-    from .execws import unsupported_proxy
+    from kubectl_zsniff.wire.execws import unsupported_proxy
 
     # Before any request, rather than fail halfway (urllib3 would want PySocks for socks5://).
     refused = unsupported_proxy(getattr(configuration, "proxy", None) or None)

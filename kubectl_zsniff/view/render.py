@@ -2,10 +2,10 @@
 
 Two entries:
 - `view_file(path, console)` renders a saved pcap/pcapng (`kubectl zsniff view FILE`).
-- `python -m kubectl_zsniff.view` renders a pcapng stream read on stdin. It is the child process
-  that `kubectl_zsniff.sinks.view.ViewSink` starts, so that pyshark and tshark never sit on the
-  capture path (the sink drops packets when this process falls behind and tells it how many, with
-  a private marker block that this process strips before tshark sees the stream).
+- `python -m kubectl_zsniff.view.render` renders a pcapng stream read on stdin. It is the child
+  process that `kubectl_zsniff.sinks.view.ViewSink` starts, so that pyshark and tshark never sit
+  on the capture path (the sink drops packets when this process falls behind and tells it how
+  many, with a private marker block that this process strips before tshark sees the stream).
 
 Why PSML (pyshark `only_summaries`) and not `use_json=True`:
 tshark's JSON output has no columns, so no Info line; tshark computes the Info column only for
@@ -131,7 +131,7 @@ def check_display_filter(display_filter: str) -> None:
     Checked up front (~0.2 s, only when a filter is given) because pyshark reports tshark's exit
     only if it has been reaped by then: a rejected filter would otherwise race to an empty view.
     """
-    from .formats.pcap import encode_pcap_header
+    from kubectl_zsniff.formats.pcap import encode_pcap_header
 
     result = subprocess.run(
         [require_tshark(), "-Y", display_filter, "-r", "-"],
@@ -495,8 +495,8 @@ def _close_quietly(capture: Any) -> None:
 def require_capture_file(path: str) -> None:
     """Refuse, as `convert` does, a file that does not start as a pcap or pcapng capture
     (tshark would otherwise show one bogus row for it)."""
-    from .formats.pcap import PcapFormatError
-    from .formats.pcapng import CapturePushParser
+    from kubectl_zsniff.formats.pcap import PcapFormatError
+    from kubectl_zsniff.formats.pcapng import CapturePushParser
 
     try:
         with open(path, "rb") as f:
@@ -543,7 +543,7 @@ def _whole_packets(path: str) -> Any:
     """The path tshark should read: the file itself, or (when it ends inside a packet) an
     owner-only copy of its whole packets. tshark fails on a cut tail ("appears to have been
     cut short"), and pyshark then raises while rows are still being printed."""
-    from .formats.pcapng import truncated_bytes
+    from kubectl_zsniff.formats.pcapng import truncated_bytes
 
     tail = truncated_bytes(path)
     if not tail:
@@ -582,7 +582,7 @@ def _render_file(path: str, readable: str, console: Console, display_filter: str
         _close_quietly(capture)
 
 
-# --- the child process: `python -m kubectl_zsniff.view` -------------------------------------
+# --- the child process: `python -m kubectl_zsniff.view.render` ---
 
 
 class _SkipLedger:
@@ -643,7 +643,7 @@ def _forward(src_fd: int, dst_fd: int, ledger: _SkipLedger) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m kubectl_zsniff.view",
+        prog="python -m kubectl_zsniff.view.render",
         description="Render a pcapng stream from stdin, one line per packet (pod names from NRBs).",
     )
     parser.add_argument("--time", choices=list(_TSHARK_TIME), default="relative")

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ExitStatus, ZsniffError
-from .kube import JSON, KubeClient, api_path, field, pod_ips
-from .options import InjectOptions
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field, pod_ips
+from kubectl_zsniff.options import InjectOptions
 
 CONTAINER_PREFIX = "zsniff-"
 CAPTURE_CAPABILITIES = ("NET_ADMIN", "NET_RAW")

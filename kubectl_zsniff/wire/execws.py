@@ -42,7 +42,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
+from kubectl_zsniff.wire.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
 T = TypeVar("T")
 
@@ -304,7 +304,7 @@ class ExecSession:
 
     async def connect(self) -> None:
         """Open the websocket; handshake failures become ``ZsniffError`` with a hint."""
-        from . import websocket
+        from kubectl_zsniff.wire import websocket
 
         endpoint = self.endpoint
         refused = unsupported_proxy(endpoint.proxy)
@@ -545,7 +545,7 @@ _NOT_RUNNING_WORDS = (
 
 def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | None:
     """Map a failed websocket handshake to the project's error family (None: not ours)."""
-    from .websocket import HandshakeFailed, HandshakeRejected, ProxyFailed
+    from kubectl_zsniff.wire.websocket import HandshakeFailed, HandshakeRejected, ProxyFailed
 
     host = session.endpoint.host
     ns = session.namespace

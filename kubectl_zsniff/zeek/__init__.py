@@ -1,0 +1,1 @@
+"""Zeek logs: reading TSV and JSON, adding Kubernetes names to both ends, writing (logs.py)."""
