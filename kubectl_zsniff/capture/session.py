@@ -28,6 +28,7 @@ from kubectl_zsniff.kube.container import (
     preflight_refusal,
     resolve_targets,
 )
+from kubectl_zsniff.kube.namewatch import NameWatcher
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
@@ -136,9 +137,11 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
     many = len(targets) > 1
 
     book: NameBook | None = None
+    watcher: NameWatcher | None = None
     if opts.names:
         book = NameBook()
-        missing = book.load(kube, namespace)
+        watcher = NameWatcher(book, kube, namespace)
+        missing = watcher.load()
         if missing:
             reporter.progress("names limited: not allowed to list " + ", ".join(missing))
 
@@ -149,11 +152,11 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
         sinks = open_sinks(opts, _title(infos, target.selector), book)
         file_sink = next((s for s in sinks if isinstance(s, FileSink)), None)
         containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
-        if book is not None:
+        if watcher is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
             # missed, and a failure before this point exits with no watch thread mid-request
             # (a daemon thread inside OpenSSL at interpreter exit aborts the process).
-            book.start_watching(kube, namespace)
+            watcher.start()
         endpoint = kube.endpoint()
         pipeline = OutputPipeline(
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
@@ -165,6 +168,8 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
             + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
         )
         summary = asyncio.run(run.run())
+        if watcher is not None and watcher.errors:
+            summary.notes.append(_watch_note(watcher.errors))
         wrote_anything = pipeline.output_bytes > 0
         summary.sink_results = _close_sinks(pipeline.sinks, summary)
         sinks = []
@@ -173,11 +178,17 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()
-        if book is not None:
-            book.stop()
+        if watcher is not None:
+            watcher.stop()
         if not wrote_anything and file_sink is not None:
             # Nothing captured because we failed before the stream: leave no empty file.
             file_sink.discard_if_empty()
+
+
+def _watch_note(errors: list[str]) -> str:
+    times = f"{len(errors)} times" if len(errors) > 1 else "once"
+    return (f"the watch of the cluster's names failed {times} (last: {errors[-1]}) and was "
+            "listed again each time; a name that changed in a gap was applied late")
 
 
 def _title(infos: list[PodInfo], selector: str | None) -> str:

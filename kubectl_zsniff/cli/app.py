@@ -537,13 +537,14 @@ def _cluster_names(kw: dict[str, Any], reporter: Any,
     """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
     with `only_namespace`, that namespace's pods and services alone."""
     from kubectl_zsniff.kube.client import load_client
+    from kubectl_zsniff.kube.namewatch import NameWatcher
     from kubectl_zsniff.names.book import NameBook
 
     kube = load_client(
         KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
     )
     book = NameBook()
-    missing = book.load(kube, kube.namespace)
+    missing = NameWatcher(book, kube, kube.namespace).load()
     if missing:
         reporter.progress("names limited: not allowed to list " + ", ".join(missing))
     return {ip: owner.name for ip, owner in book.current().items()

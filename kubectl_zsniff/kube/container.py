@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field, pod_ips
+from kubectl_zsniff.kube.watch import Listed, list_and_watch
 from kubectl_zsniff.options import InjectOptions
 
 CONTAINER_PREFIX = "zsniff-"
@@ -416,81 +417,53 @@ def wait_until_running(
 ) -> None:
     deadline = time.monotonic() + timeout
     last_reason = ""
-    pods_path = api_path("pods", namespace=namespace)
-    selector = f"metadata.name={pod_name}"
-    while True:
-        pods = kube.get("list pods", pods_path, fieldSelector=selector)
-        items = pods.get("items") or []
-        if not items:
-            raise ZsniffError(
-                f'pod "{pod_name}" disappeared while the capture container was starting',
-                "",
-                ExitStatus.NOT_FOUND,
-            )
-        events: list[JSON] = [items[0]]
-        remaining = deadline - time.monotonic()
-        stream = None
-        if remaining > 0:
-            stream = kube.watch(
-                "watch pods", pods_path, max(1, int(remaining)), fieldSelector=selector,
-                resourceVersion=field(pods, "metadata", "resourceVersion"),
-            )
-        try:
-            for pod in _chain(events, stream):
-                state, reason, message = container_state(pod, name)
-                if reason and reason != last_reason:
-                    progress(f"capture container {state}: {reason} {message}".strip())
-                    last_reason = reason
-                if state == "running":
-                    return
-                if state == "terminated":
-                    raise ZsniffError(
-                        f"the capture container {name} stopped before the capture: "
-                        f"{reason} {message}".strip(),
-                        "check that the image has sh and tcpdump (--image)",
-                        ExitStatus.CAPTURE_FAILED,
-                    )
-                if state == "waiting" and reason in FATAL_WAITING:
-                    raise ZsniffError(
-                        f"cannot pull the capture image: {reason} {message}".strip(),
-                        "check --image and that the node can reach its registry "
-                        "(private registries need imagePullSecrets on the pod)",
-                        ExitStatus.IMAGE_PULL,
-                    )
-                if time.monotonic() >= deadline:
-                    break
-        except ZsniffError:
-            raise
-        except Exception:
-            # A watch that fails or expires (410 Gone) is followed by a new list.
-            if time.monotonic() < deadline:
-                continue
-        if time.monotonic() >= deadline:
-            hint = "raise --start-timeout"
-            if last_reason in IMAGE_REASONS:
-                hint = "the image is still being pulled or cannot be pulled; check --image"
-            raise ZsniffError(
-                f"the capture container did not start within {timeout:g}s"
-                + (f" (last state: {last_reason})" if last_reason else ""),
-                hint,
-                ExitStatus.START_TIMEOUT,
-            )
+    for item in list_and_watch(kube, "pods", api_path("pods", namespace=namespace),
+                               deadline=deadline, fieldSelector=f"metadata.name={pod_name}"):
+        if isinstance(item, Listed):
+            if not item.items:
+                raise ZsniffError(
+                    f'pod "{pod_name}" disappeared while the capture container was starting',
+                    "",
+                    ExitStatus.NOT_FOUND,
+                )
+            pod = item.items[0]
+        elif item.type == "DELETED":
+            continue  # the list that follows says whether it is really gone
+        else:
+            pod = item.obj
+        state, reason, message = container_state(pod, name)
+        if reason and reason != last_reason:
+            progress(f"capture container {state}: {reason} {message}".strip())
+            last_reason = reason
+        if state == "running":
+            return
+        _raise_if_failed(name, state, reason, message)
+    hint = "raise --start-timeout"
+    if last_reason in IMAGE_REASONS:
+        hint = "the image is still being pulled or cannot be pulled; check --image"
+    raise ZsniffError(
+        f"the capture container did not start within {timeout:g}s"
+        + (f" (last state: {last_reason})" if last_reason else ""),
+        hint,
+        ExitStatus.START_TIMEOUT,
+    )
 
 
-def _chain(first: list[JSON], stream: Iterator[JSON] | None) -> Iterator[JSON]:
-    yield from first
-    if stream is None:
-        return
-    for event in stream:
-        obj = event.get("object")
-        if event.get("type") == "ERROR":  # the watch expired (410 Gone): list again
-            raise WatchExpired(str(field(obj, "message") or "watch ended"))
-        if isinstance(obj, dict) and event.get("type") in ("ADDED", "MODIFIED"):
-            yield obj
-
-
-class WatchExpired(Exception):
-    """A watch answered with an ERROR event (typically 410 Gone): re-list, then watch."""
+def _raise_if_failed(name: str, state: str, reason: str, message: str) -> None:
+    if state == "terminated":
+        raise ZsniffError(
+            f"the capture container {name} stopped before the capture: "
+            f"{reason} {message}".strip(),
+            "check that the image has sh and tcpdump (--image)",
+            ExitStatus.CAPTURE_FAILED,
+        )
+    if state == "waiting" and reason in FATAL_WAITING:
+        raise ZsniffError(
+            f"cannot pull the capture image: {reason} {message}".strip(),
+            "check --image and that the node can reach its registry "
+            "(private registries need imagePullSecrets on the pod)",
+            ExitStatus.IMAGE_PULL,
+        )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from kubectl_zsniff.kube.client import api_path, field, pod_ips
 from kubectl_zsniff.kube.container import container_state, describe_pod, find_reusable
-from kubectl_zsniff.names.book import node_names, pod_names, service_names
+from kubectl_zsniff.kube.namewatch import node_names, pod_names, service_names
 from kubectl_zsniff.names.map import PodName
 
 # A pod as `kubectl get pod -o json` prints it (trimmed), made by a Deployment.

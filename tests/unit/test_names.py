@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.namewatch import NameWatcher
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.names.map import PodName
 
@@ -80,19 +81,20 @@ def test_watch_expired_with_410_relists_and_applies_what_changed_meanwhile() -> 
     kube.lists["/api/v1/services"] = [listing("1")]
     kube.lists["/api/v1/nodes"] = [listing("1")]
     book = NameBook()
-    assert book.load(kube, "shop") == []  # type: ignore[arg-type]
+    watcher = NameWatcher(book, kube, "shop")  # type: ignore[arg-type]
+    assert watcher.load() == []
     assert book.lookup("10.0.0.1") == PodName("shop/a", "shop", "pod", None)
-    book.start_watching(kube, "shop")  # type: ignore[arg-type]
+    watcher.start()
     try:
         assert kube.done.wait(10), kube.watch_calls
     finally:
-        book.stop()
+        watcher.stop()
     pod_watches = [rv for p, rv in kube.watch_calls if p == path]
     assert pod_watches[:3] == ["10", "50", "51"]  # the relist's version, then the events'
     assert book.lookup("10.0.0.1") is None  # deleted during the gap: released
     assert book.lookup("10.0.0.2") == PodName("shop/b", "shop", "pod", None)
     assert book.lookup("10.0.0.3") == PodName("shop/c", "shop", "pod", None)
-    assert any("410" in e for e in book.watch_errors), book.watch_errors
+    assert any("410" in e for e in watcher.errors), watcher.errors
 
 
 def test_names_limited_by_rbac_fall_back_to_the_namespace_and_say_what_is_missing() -> None:
@@ -106,14 +108,15 @@ def test_names_limited_by_rbac_fall_back_to_the_namespace_and_say_what_is_missin
     })
     kube.until = "/api/v1/namespaces/shop/pods"
     book = NameBook()
-    missing = book.load(kube, "shop")  # type: ignore[arg-type]
+    watcher = NameWatcher(book, kube, "shop")  # type: ignore[arg-type]
+    missing = watcher.load()
     assert missing == ["pods outside shop", "services", "nodes"]
     assert book.lookup("10.0.0.5") == PodName("shop/web", "shop", "pod", None)
-    book.start_watching(kube, "shop")  # type: ignore[arg-type]
+    watcher.start()
     try:
         assert kube.done.wait(10)
     finally:
-        book.stop()
+        watcher.stop()
     # Only what could be listed is watched, where it could be listed.
     assert {p for p, _ in kube.watch_calls} == {"/api/v1/namespaces/shop/pods"}
 
@@ -121,9 +124,8 @@ def test_names_limited_by_rbac_fall_back_to_the_namespace_and_say_what_is_missin
 def test_names_fail_loudly_on_errors_other_than_rbac() -> None:
     down = ZsniffError("unreachable", "", ExitStatus.UNREACHABLE)
     kube = FakeKube({"/api/v1/pods": [down]})
-    book = NameBook()
     try:
-        book.load(kube, "shop")  # type: ignore[arg-type]
+        NameWatcher(NameBook(), kube, "shop").load()  # type: ignore[arg-type]
     except ZsniffError as err:
         assert err.status == ExitStatus.UNREACHABLE
     else:

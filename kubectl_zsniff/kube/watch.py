@@ -1,0 +1,130 @@
+"""The one list-and-watch driver: a list, then watch events from its resourceVersion, and a new
+list whenever a watch fails or expires.
+
+A watch that ends in an ERROR event (410 Gone: the version is older than etcd keeps) or fails
+while reading has lost events; only a new list is sure to be right, so every failure is followed
+by one (a `Listed` the consumer applies whole) rather than a watch resumed from the old version.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.client import JSON, KubeClient, field
+
+# Server-side length of one watch request; the driver opens the next one at its end.
+WATCH_SECONDS = 30
+# Pause after a failed watch or list, so a server that refuses does not spin the loop.
+RETRY_SECONDS = 1.0
+# Refusals that no retry will change: raised to the caller.
+_FINAL = (ExitStatus.FORBIDDEN, ExitStatus.UNAUTHORIZED)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """Every object as of `resource_version`: the consumer replaces what it knew."""
+
+    items: list[JSON]
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Changed:
+    """One object ADDED, MODIFIED or DELETED."""
+
+    type: str
+    obj: JSON
+
+
+class WatchExpired(Exception):
+    """A watch answered with an ERROR event (typically 410 Gone)."""
+
+
+def list_and_watch(
+    kube: KubeClient,
+    kind: str,
+    path: str,
+    *,
+    resource_version: str | None = None,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+    on_error: Callable[[str], None] | None = None,
+    **query: str,
+) -> Iterator[Listed | Changed]:
+    """`Listed`, then `Changed` events, until `stop` is set or `deadline` (time.monotonic())
+    passes. Given a `resource_version` (the caller has just listed), the first list is skipped.
+
+    The first list's failure is raised: the caller cannot start without it, and so are RBAC
+    and credential refusals, which no retry changes. Other failures go to `on_error` and are
+    retried after RETRY_SECONDS: a lost watch must not end a capture.
+    """
+    rv = resource_version
+    must_list = rv is None
+
+    def over() -> bool:
+        return (stop is not None and stop.is_set()) or (
+            deadline is not None and time.monotonic() >= deadline)
+
+    def pause() -> None:
+        seconds = RETRY_SECONDS
+        if deadline is not None:
+            seconds = max(0.0, min(seconds, deadline - time.monotonic()))
+        if stop is not None:
+            stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    while not over():
+        if must_list:
+            try:
+                listing = kube.get(f"list {kind}", path, **query)
+            except Exception as exc:
+                if rv is None or _final(exc):
+                    raise
+                _report(on_error, kind, "list", exc)
+                pause()
+                continue
+            rv = str(field(listing, "metadata", "resourceVersion") or "")
+            must_list = False
+            yield Listed(list(listing.get("items") or ()), rv)
+            continue
+        seconds = WATCH_SECONDS
+        if deadline is not None:
+            seconds = max(1, min(seconds, int(deadline - time.monotonic()) or 1))
+        try:
+            for event in kube.watch(f"watch {kind}", path, seconds, resourceVersion=rv,
+                                    allowWatchBookmarks="true", **query):
+                if over():
+                    return
+                obj, event_type = event.get("object"), event.get("type")
+                if not isinstance(obj, dict):
+                    continue
+                if event_type == "ERROR":
+                    raise WatchExpired(
+                        f"watch expired ({obj.get('code') or '?'} {obj.get('reason') or ''}): "
+                        f"{obj.get('message') or ''}".replace("  ", " ").rstrip(": "))
+                rv = str(field(obj, "metadata", "resourceVersion") or rv)
+                if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                    yield Changed(str(event_type), obj)
+        except Exception as exc:
+            if over():
+                return
+            if _final(exc):
+                raise
+            _report(on_error, kind, "watch", exc)
+            must_list = True
+            pause()
+
+
+def _final(exc: Exception) -> bool:
+    return isinstance(exc, ZsniffError) and exc.status in _FINAL
+
+
+def _report(on_error: Callable[[str], None] | None, kind: str, what: str,
+            exc: Exception) -> None:
+    if on_error is not None:
+        on_error(f"{what} {kind}: {exc or type(exc).__name__}")
