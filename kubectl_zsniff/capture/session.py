@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kubectl_zsniff.capture.run import (
     CaptureRun,
@@ -60,7 +60,9 @@ def check_tools(opts: CaptureOptions) -> None:
         require_tshark()
 
 
-def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None) -> list[Sink]:
+def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
+               stdout: BinaryIO | None = None) -> list[Sink]:
+    """The sinks the options ask for; `stdout` is where `-w -` writes (the caller's stream)."""
     out = opts.output
     sinks: list[Sink] = []
     try:
@@ -68,7 +70,9 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None) -> list[
             if out.to_stdout:
                 from kubectl_zsniff.sinks.file import StdoutSink
 
-                sinks.append(StdoutSink(out.fmt.value))
+                if stdout is None:
+                    raise ValueError("-w - needs the standard output stream")
+                sinks.append(StdoutSink(out.fmt.value, stdout))
             else:
                 from kubectl_zsniff.sinks.file import FileSink
 
@@ -117,7 +121,8 @@ def output_notes(opts: CaptureOptions) -> list[str]:
     return notes
 
 
-def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
+def run_capture(opts: CaptureOptions, reporter: Reporter,
+                stdout: BinaryIO | None = None) -> CaptureSummary:
     if opts.output.path is not None and not opts.output.to_stdout:
         refuse_overwrite(opts.output.path, opts.output.force)
     for note in output_notes(opts):
@@ -149,7 +154,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
     file_sink: FileSink | None = None
     wrote_anything = False
     try:
-        sinks = open_sinks(opts, _title(infos, target.selector), book)
+        sinks = open_sinks(opts, _title(infos, target.selector), book, stdout)
         file_sink = next((s for s in sinks if isinstance(s, FileSink)), None)
         containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
         if watcher is not None:

@@ -477,7 +477,12 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
 def _capture(opts: CaptureOptions, reporter: Any) -> int:
     from kubectl_zsniff.capture.session import run_capture
 
-    summary = run_capture(opts, reporter)
+    stdout = None
+    if opts.output.to_stdout:
+        from kubectl_zsniff.cli.streams import standard_output
+
+        stdout = standard_output()
+    summary = run_capture(opts, reporter, stdout)
     reporter.finish()
     reporter.summary(summary, opts)
     if summary.error is not None:
@@ -579,7 +584,7 @@ def view_command(
     def action() -> int:
         from rich.console import Console
 
-        from kubectl_zsniff.sinks.file import standard_output
+        from kubectl_zsniff.cli.streams import standard_output
         from kubectl_zsniff.view.render import view_file
 
         standard_output()  # the rows need somewhere to go
@@ -671,7 +676,7 @@ def hosts_command(output: str, debug: bool, **kw: Any) -> None:
         from kubectl_zsniff.offline import hosts_file_text, write_text_private
 
         if output == "-":
-            from kubectl_zsniff.sinks.file import standard_output
+            from kubectl_zsniff.cli.streams import standard_output
 
             out = standard_output()
         # -n NS: that namespace's pods and services only (no -n: the whole cluster).
@@ -767,9 +772,9 @@ def leftovers_command(pods: tuple[str, ...], debug: bool, **kw: Any) -> None:
     reporter = _make_reporter(False)
 
     def action() -> int:
+        from kubectl_zsniff.cli.streams import standard_output
         from kubectl_zsniff.kube.client import load_client
         from kubectl_zsniff.kube.container import get_pod, leftovers
-        from kubectl_zsniff.sinks.file import standard_output
 
         names, extra = split_targets(list(pods), None)
         if extra:

@@ -7,7 +7,6 @@ import errno
 import os
 import select
 import stat
-import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -129,29 +128,13 @@ def _write_error(path: Path, exc: OSError) -> ZsniffError:
     return ZsniffError(f"writing {path} failed: {exc.strerror}", hint, ExitStatus.OUTPUT_ERROR)
 
 
-def standard_output() -> BinaryIO:
-    """The binary standard output, or the project's error when the process has none.
-
-    Started with stdout closed (`>&-`), Python sets sys.stdout to None; descriptor 1 may then be
-    reused by any file or socket opened later, so nothing may be written "to fd 1" either.
-    """
-    if sys.stdout is None or getattr(sys.stdout, "buffer", None) is None:
-        raise ZsniffError(
-            "standard output is closed: there is nowhere to write the capture",
-            "write a file with -w FILE, or give the output a reader: -w - | tshark -r -",
-            ExitStatus.OUTPUT_ERROR,
-        )
-    return sys.stdout.buffer
-
-
 class StdoutSink:
     """Binary capture on standard output, for pipes. Refuses a terminal."""
 
     label = "stdout"
 
-    def __init__(self, fmt: str, stream: BinaryIO | None = None) -> None:
+    def __init__(self, fmt: str, out: BinaryIO) -> None:
         self.fmt = fmt
-        out = stream if stream is not None else standard_output()
         if out.isatty():
             raise ZsniffError(
                 "refusing to write binary capture data to a terminal",
@@ -160,7 +143,8 @@ class StdoutSink:
             )
         out.flush()  # from here on, whole blocks go straight to the descriptor
         self._out: BinaryIO | None = out
-        self._pipe = PipeWriter(out.fileno(), "the program reading standard output")
+        self._fd = out.fileno()
+        self._pipe = PipeWriter(self._fd, "the program reading standard output")
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -174,7 +158,7 @@ class StdoutSink:
             raise
         except (BrokenPipeError, ConnectionResetError) as exc:
             self._out = None
-            _silence_stdout()
+            _silence(self._fd)
             raise ReaderClosed("the program reading standard output went away") from exc
         except OSError as exc:
             raise ZsniffError(
@@ -204,11 +188,11 @@ class StdoutSink:
         return self.bytes_written
 
 
-def _silence_stdout() -> None:
+def _silence(fd: int) -> None:
     # Python flushes sys.stdout at exit and would complain about the broken pipe again.
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, fd)
         os.close(devnull)
     except (OSError, ValueError):
         pass

@@ -84,8 +84,8 @@ def view_command(
     width: int | None = None,
     color: str = "auto",
 ) -> list[str]:
-    """The default child: this interpreter running kubectl_zsniff.view.render on stdin."""
-    command = [sys.executable, "-m", "kubectl_zsniff.view.render",
+    """The default child: this interpreter running the view child (cli/view_child.py)."""
+    command = [sys.executable, "-m", "kubectl_zsniff.cli.view_child",
                "--time", time_format, "--color", color]
     if display_filter:
         command += ["--filter", display_filter]

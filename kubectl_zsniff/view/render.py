@@ -1,11 +1,10 @@
 """Terminal view: one rich line per packet, decoded by tshark through pyshark, pod names from NRBs.
 
-Two entries:
+Two entries, each handed the rich Console it writes to:
 - `view_file(path, console)` renders a saved pcap/pcapng (`kubectl zsniff view FILE`).
-- `python -m kubectl_zsniff.view.render` renders a pcapng stream read on stdin. It is the child
-  process that `kubectl_zsniff.sinks.view.ViewSink` starts, so that pyshark and tshark never sit
-  on the capture path (the sink drops packets when this process falls behind and tells it how
-  many, with a private marker block that this process strips before tshark sees the stream).
+- `pipe_capture` + `render_packets` render a live pcapng stream: the view's child process
+  (cli/view_child.py) that `kubectl_zsniff.sinks.view.ViewSink` starts, so that pyshark and
+  tshark never sit on the capture path.
 
 Why PSML (pyshark `only_summaries`) and not `use_json=True`:
 tshark's JSON output has no columns, so no Info line; tshark computes the Info column only for
@@ -23,16 +22,11 @@ pyshark is imported only inside functions: it costs ~0.3 s and the CLI imports t
 
 from __future__ import annotations
 
-import argparse
-import collections
 import contextlib
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -47,7 +41,7 @@ if TYPE_CHECKING:
 TimeFormat = Literal["relative", "absolute", "date"]
 
 # tshark `-t` values for the Time column.
-_TSHARK_TIME = {"relative": "r", "absolute": "a", "date": "ad"}
+TSHARK_TIME = {"relative": "r", "absolute": "a", "date": "ad"}
 
 # The packet-list columns tshark computes for us (`gui.column.format` pairs: title, format code).
 # Titles are lowercase so pyshark's PacketSummary exposes them as attributes of the same name.
@@ -105,7 +99,7 @@ def tshark_parameters(
         "-o",
         f"gui.column.format:{column_format}",
         "-t",
-        _TSHARK_TIME[time_format],
+        TSHARK_TIME[time_format],
     ]
     if hosts_file:
         params += ["-H", hosts_file]
@@ -389,7 +383,7 @@ def format_skip(skipped: int) -> Text:
     return Text.assemble(*skip_pieces(skipped))
 
 
-class _LineWriter:
+class LineWriter:
     """Writes styled lines straight to the console's file.
 
     Console.print costs ~250 us a line (measured), more than tshark's decoding; this writer costs
@@ -461,7 +455,7 @@ def render_packets(
     (and not yet reported); a note is printed in their place. A recording console (tests, export)
     gets rich Text through console.print; any other gets the fast writer.
     """
-    writer = None if console.record else _LineWriter(console)
+    writer = None if console.record else LineWriter(console)
     shown = 0
     for packet in source:
         if count is not None and shown >= count:
@@ -482,7 +476,7 @@ def render_packets(
     return shown
 
 
-def _close_quietly(capture: Any) -> None:
+def close_quietly(capture: Any) -> None:
     # tshark's exit status after we stopped reading early is not the user's problem.
     try:
         capture.close()
@@ -579,121 +573,4 @@ def _render_file(path: str, readable: str, console: Console, display_filter: str
             ) from exc
         raise
     finally:
-        _close_quietly(capture)
-
-
-# --- the child process: `python -m kubectl_zsniff.view.render` ---
-
-
-class _SkipLedger:
-    """Drop counts announced by the sink, keyed by how many packets had been forwarded then."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: collections.deque[tuple[int, int]] = collections.deque()
-        self._reported = 0
-
-    def add(self, forwarded: int, dropped_total: int) -> None:
-        with self._lock:
-            self._events.append((forwarded, dropped_total))
-
-    def skipped_before(self, frame_number: int) -> int:
-        """Packets dropped before frame_number (tshark numbers forwarded packets from 1)."""
-        latest = self._reported
-        with self._lock:
-            while self._events and self._events[0][0] < frame_number:
-                latest = max(latest, self._events.popleft()[1])
-        skipped, self._reported = latest - self._reported, latest
-        return skipped
-
-    def remaining(self) -> int:
-        with self._lock:
-            latest = max([total for _, total in self._events], default=self._reported)
-        return max(0, latest - self._reported)
-
-
-def _forward(src_fd: int, dst_fd: int, ledger: _SkipLedger) -> None:
-    """Copy the pcapng stream to tshark, stripping the sink's skip markers into the ledger."""
-    from kubectl_zsniff.sinks.view import PACKET_BLOCK_TYPES, BlockSplitter, parse_skip_marker
-
-    splitter = BlockSplitter()
-    forwarded = 0
-    try:
-        while True:
-            chunk = os.read(src_fd, 1 << 16)
-            if not chunk:
-                break
-            out = bytearray()
-            for block in splitter.feed(chunk):
-                dropped_total = parse_skip_marker(block, splitter.little_endian)
-                if dropped_total is not None:
-                    ledger.add(forwarded, dropped_total)
-                    continue
-                if block.block_type in PACKET_BLOCK_TYPES:
-                    forwarded += 1
-                out += block.data
-            view = memoryview(out)
-            while view:
-                view = view[os.write(dst_fd, view) :]
-    except OSError:
-        pass  # tshark went away: the renderer sees its end
-    finally:
-        os.close(dst_fd)
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m kubectl_zsniff.view.render",
-        description="Render a pcapng stream from stdin, one line per packet (pod names from NRBs).",
-    )
-    parser.add_argument("--time", choices=list(_TSHARK_TIME), default="relative")
-    parser.add_argument("--filter", dest="display_filter", default=None, help="display filter")
-    parser.add_argument("--hosts-file", default=None)
-    parser.add_argument("--width", type=int, default=None, help="terminal width (default: auto)")
-    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The view child: stdin is the sink's pipe, stdout the user's terminal."""
-    from rich.console import Console
-
-    # Ctrl-C is the capture's to handle: it closes our stdin and we finish the rows we have.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    args = _parse_args(argv)
-    force = {"always": True, "never": False}.get(args.color)
-    width = args.width
-    if width is None and not sys.stdout.isatty():
-        # A pipe or a file has no width: keep whole summaries (rich would crop at 80 columns).
-        width = 200
-    console = Console(
-        width=width, force_terminal=force, no_color=args.color == "never", highlight=False
-    )
-    try:
-        require_tshark()
-        if args.display_filter:
-            check_display_filter(args.display_filter)
-    except ZsniffError as exc:
-        Console(stderr=True).print(f"view: {exc.message} ({exc.hint})", highlight=False)
-        return int(exc.status)
-    ledger = _SkipLedger()
-    read_fd, write_fd = os.pipe()
-    forwarder = threading.Thread(
-        target=_forward, args=(sys.stdin.fileno(), write_fd, ledger), daemon=True
-    )
-    forwarder.start()
-    capture = pipe_capture(read_fd, args.display_filter, args.time, args.hosts_file)
-    try:
-        render_packets(capture, console, skipped_before=ledger.skipped_before)
-        tail = ledger.remaining()
-        if tail:
-            _LineWriter(console).write(skip_pieces(tail))
-    except BrokenPipeError:
-        return 0  # our reader (a pager, head) went away
-    finally:
-        _close_quietly(capture)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        close_quietly(capture)
