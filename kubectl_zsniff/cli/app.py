@@ -77,7 +77,8 @@ def parse_size(text: str) -> int:
     return int(float(number) * ((1024 if binary else 1000) ** power))
 
 
-class _Duration(click.ParamType):
+# click.ParamType is generic from click 8.2 on; subscripting it would fail on 8.1 at import.
+class _Duration(click.ParamType):  # type: ignore[type-arg]
     name = "DURATION"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
@@ -89,7 +90,7 @@ class _Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class _Size(click.ParamType):
+class _Size(click.ParamType):  # type: ignore[type-arg]
     name = "SIZE"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:

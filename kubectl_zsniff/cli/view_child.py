@@ -57,7 +57,8 @@ class _SkipLedger:
 
 def _forward(src_fd: int, dst_fd: int, ledger: _SkipLedger) -> None:
     """Copy the pcapng stream to tshark, stripping the sink's skip markers into the ledger."""
-    from kubectl_zsniff.sinks.view import PACKET_BLOCK_TYPES, BlockSplitter, parse_skip_marker
+    from kubectl_zsniff.formats.pcapng import PACKET_BLOCK_TYPES
+    from kubectl_zsniff.sinks.view import BlockSplitter, parse_skip_marker
 
     splitter = BlockSplitter()
     forwarded = 0

@@ -723,7 +723,7 @@ def _text(value: bytes) -> str:
 
 def _tsresol_ticks(code: int) -> int:
     exponent = code & 0x7F
-    return (2 if code & 0x80 else 10) ** exponent
+    return int((2 if code & 0x80 else 10) ** exponent)
 
 
 def _tsresol_code(ticks: int) -> int:
@@ -836,7 +836,7 @@ def _decode_option(kind: OptionKind, order: ByteOrder, value: bytes) -> str | in
         return None
     if kind == "ts":
         high, low = struct.unpack_from(order + "II", value, 0)
-        return (high << 32) | low
+        return (int(high) << 32) | int(low)
     return int(struct.unpack_from(order + ("Q" if kind == "u64" else "q"), value, 0)[0])
 
 

@@ -220,13 +220,16 @@ def load_client(opts: KubeOptions) -> KubeClient:
     )
     try:
         if use_in_cluster:
-            config.load_incluster_config(client_configuration=configuration)
+            # The kubernetes package has no type hints.
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
             context_name = "in-cluster"
             if IN_CLUSTER_NAMESPACE_FILE.exists():
                 namespace = IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
         else:
             config_file = _config_files(opts.kubeconfig, kubeconfig, default_path)
-            contexts, active = config.list_kube_config_contexts(config_file=config_file)
+            contexts, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+                config_file=config_file)
             chosen = active
             if opts.context:
                 matches = [c for c in contexts if c.get("name") == opts.context]
@@ -240,7 +243,7 @@ def load_client(opts: KubeOptions) -> KubeClient:
                 chosen = matches[0]
             context_name = str(chosen.get("name", "")) if chosen else ""
             namespace = (chosen or {}).get("context", {}).get("namespace")
-            config.load_kube_config(
+            config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=config_file,
                 context=opts.context,
                 client_configuration=configuration,

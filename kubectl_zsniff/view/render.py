@@ -156,7 +156,7 @@ def _capture_classes() -> tuple[type[Any], type[Any]]:
     from pyshark.tshark.output_parser import tshark_xml
     from pyshark.tshark.output_parser.base_parser import BaseTsharkOutputParser
 
-    class _PsmlParser(tshark_xml.TsharkXmlParser):
+    class _PsmlParser(tshark_xml.TsharkXmlParser):  # type: ignore[misc]  # pyshark: untyped
         """pyshark's PSML reader with the header read once (pyshark 0.6 re-reads it per packet)."""
 
         async def get_packets_from_stream(
@@ -178,11 +178,11 @@ def _capture_classes() -> tuple[type[Any], type[Any]]:
             )
             return result
 
-    class SummaryFileCapture(FileCapture):
+    class SummaryFileCapture(FileCapture):  # type: ignore[misc]
         def _setup_tshark_output_parser(self) -> Any:
             return _PsmlParser(parse_summaries=True)
 
-    class SummaryPipeCapture(PipeCapture):
+    class SummaryPipeCapture(PipeCapture):  # type: ignore[misc]
         def _setup_tshark_output_parser(self) -> Any:
             return _PsmlParser(parse_summaries=True)
 
