@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.status import ApiStatus, api_refusal
 from kubectl_zsniff.options import KubeOptions
 
 T = TypeVar("T")
@@ -30,6 +31,14 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
+
+
+class ApiExceptionLike(Protocol):
+    """What api_error reads of the kubernetes client's ApiException (an untyped class)."""
+
+    status: int | None
+    reason: str | None
+    body: str | None
 
 
 def api_path(*segments: str, namespace: str | None = None) -> str:
@@ -332,58 +341,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def status_message(body: Any) -> str:
-    """The `message` of a Kubernetes Status body, or the body's first line."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if not body:
-        return ""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, TypeError):
-        return str(body).strip().splitlines()[0][:300]
-    if isinstance(parsed, dict):
-        return str(parsed.get("message", "")).strip()
-    return ""
-
-
-def api_error(exc: Any, action: str) -> ZsniffError:
+def api_error(exc: ApiExceptionLike, action: str) -> ZsniffError:
     """Translate an ApiException raised while doing `action` into a ZsniffError."""
-    code = getattr(exc, "status", 0) or 0
-    message = status_message(getattr(exc, "body", "")) or str(getattr(exc, "reason", "")) or ""
-    if code == 401:
-        return ZsniffError(
-            f"the API server rejected the credentials while trying to {action} (401 Unauthorized)",
-            "refresh your login (for example `gcloud auth login`, `aws sso login`) "
-            "or check the user in the kubeconfig",
-            ExitStatus.UNAUTHORIZED,
-        )
-    if code == 403 and "violates PodSecurity" in message:
-        return ZsniffError(
-            f"PodSecurity rejected the capture container: {message}",
-            "the namespace's pod-security.kubernetes.io/enforce level forbids it; "
-            "ask an admin for a namespace at the privileged level or see the README (PodSecurity)",
-            ExitStatus.POD_SECURITY,
-        )
-    if code == 403:
-        return ZsniffError(
-            f"forbidden to {action}: {message}" if message else f"forbidden to {action}",
-            "ask your cluster admin for that permission; check with `kubectl auth can-i`",
-            ExitStatus.FORBIDDEN,
-        )
-    if code == 404:
-        return ZsniffError(
-            message or f"not found while trying to {action}", "", ExitStatus.NOT_FOUND
-        )
-    if code == 422:
-        return ZsniffError(f"the API server refused to {action}: {message}", "", ExitStatus.ERROR)
-    if code in RETRYABLE_STATUSES:
-        return ZsniffError(
-            f"the API server kept failing while trying to {action} ({code}: {message})",
-            "the control plane is overloaded or unhealthy; try again in a moment",
-            ExitStatus.UNREACHABLE,
-        )
-    return ZsniffError(f"cannot {action}: {code} {message}".strip(), "", ExitStatus.ERROR)
+    status = ApiStatus.parse(exc.body)
+    if not status.message and exc.reason:
+        status = ApiStatus(status.status or "Failure", str(exc.reason), status.reason,
+                           status.code, status.details)
+    code = int(exc.status or 0)
+    return api_refusal(code, status, action, retried=code in RETRYABLE_STATUSES)
 
 
 _TLS_REASON = re.compile(r"certificate verify failed: ([^()'\"\]]+?)(?: \(_ssl|\)|'|\"|$)")

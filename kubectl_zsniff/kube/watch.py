@@ -96,20 +96,13 @@ def list_and_watch(
         if deadline is not None:
             seconds = max(1, min(seconds, int(deadline - time.monotonic()) or 1))
         try:
-            for event in kube.watch(f"watch {kind}", path, seconds, resourceVersion=rv,
-                                    allowWatchBookmarks="true", **query):
+            events = _watch(kube, kind, path, seconds, rv, query)
+            for reached, change in events:
+                rv = reached  # where the next watch resumes
                 if over():
                     return
-                obj, event_type = event.get("object"), event.get("type")
-                if not isinstance(obj, dict):
-                    continue
-                if event_type == "ERROR":
-                    raise WatchExpired(
-                        f"watch expired ({obj.get('code') or '?'} {obj.get('reason') or ''}): "
-                        f"{obj.get('message') or ''}".replace("  ", " ").rstrip(": "))
-                rv = str(field(obj, "metadata", "resourceVersion") or rv)
-                if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                    yield Changed(str(event_type), obj)
+                if change is not None:
+                    yield change
         except Exception as exc:
             if over():
                 return
@@ -118,6 +111,26 @@ def list_and_watch(
             _report(on_error, kind, "watch", exc)
             must_list = True
             pause()
+
+
+def _watch(kube: KubeClient, kind: str, path: str, seconds: int, rv: str | None,
+           query: dict[str, str]) -> Iterator[tuple[str | None, Changed | None]]:
+    """One watch request: (the version reached, the change or None for a bookmark)."""
+    for event in kube.watch(f"watch {kind}", path, seconds, resourceVersion=rv,
+                            allowWatchBookmarks="true", **query):
+        obj, event_type = event.get("object"), event.get("type")
+        if not isinstance(obj, dict):
+            continue
+        if event_type == "ERROR":
+            raise WatchExpired(
+                f"watch expired ({obj.get('code') or '?'} {obj.get('reason') or ''}): "
+                f"{obj.get('message') or ''}".replace("  ", " ").rstrip(": "))
+        rv = str(field(obj, "metadata", "resourceVersion") or rv)
+        change = Changed(str(event_type), obj) if event_type in _CHANGES else None
+        yield rv, change
+
+
+_CHANGES = ("ADDED", "MODIFIED", "DELETED")
 
 
 def _final(exc: Exception) -> bool:

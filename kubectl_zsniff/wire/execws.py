@@ -31,7 +31,6 @@ Behaviour choices (callers rely on them):
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import ssl
 import threading
@@ -42,6 +41,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.status import ApiStatus, api_refusal
 from kubectl_zsniff.wire.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
 T = TypeVar("T")
@@ -174,7 +174,7 @@ class ExecResult:
     """How an exec stream ended."""
 
     exit_code: int | None  # 0 on Success, N on NonZeroExitCode, None otherwise
-    status: dict[str, Any] | None  # the Kubernetes Status from channel 3, if one came
+    status: ApiStatus | None  # the Kubernetes Status from channel 3, if one came
     bytes_stdout: int
     bytes_stderr: int
     complete: bool  # a status frame was seen
@@ -183,9 +183,9 @@ class ExecResult:
     @property
     def failure_message(self) -> str | None:
         """The Status message when the command failed or could not start, else None."""
-        if self.status is None or self.status.get("status") == "Success":
+        if self.status is None or self.status.succeeded:
             return None
-        return str(self.status.get("message") or self.status.get("reason") or "exec failed")
+        return self.status.message or self.status.reason or "exec failed"
 
 
 class StreamLostError(ZsniffError):
@@ -211,35 +211,6 @@ class ExecFailedError(ZsniffError):
     def __init__(self, message: str, result: ExecResult, hint: str = "") -> None:
         super().__init__(message, hint)
         self.result = result
-
-
-def exit_code_of(status: Mapping[str, Any] | None) -> int | None:
-    """0 for Success, N for NonZeroExitCode with an ExitCode cause, None for anything else."""
-    if status is None:
-        return None
-    if status.get("status") == "Success":
-        return 0
-    if status.get("reason") != "NonZeroExitCode":
-        return None
-    details = status.get("details") or {}
-    for cause in details.get("causes") or ():
-        if isinstance(cause, Mapping) and cause.get("reason") == "ExitCode":
-            try:
-                return int(str(cause.get("message")))
-            except ValueError:
-                return None
-    return None
-
-
-def _parse_status(payload: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        return doc
-    # Not a Status document (older servers sent plain text): keep the text as the message.
-    return {"status": "Failure", "message": payload.decode("utf-8", "replace").strip()}
 
 
 class ExecSession:
@@ -369,7 +340,7 @@ class ExecSession:
                 result,
             )
         return ExecResult(
-            exit_code_of(status),
+            None if status is None else status.exit_code,
             status,
             n_out,
             n_err,
@@ -490,7 +461,7 @@ class _ChannelReader:
         self.channel = -1  # -1: the message's channel byte has not come yet
         self.bytes_stdout = 0
         self.bytes_stderr = 0
-        self.status: dict[str, Any] | None = None
+        self.status: ApiStatus | None = None
         self._status_text = bytearray()
 
     def on_data(self, piece: memoryview, first: bool, final: bool) -> None:
@@ -513,34 +484,11 @@ class _ChannelReader:
         elif channel == CH_STATUS and self.status is None:
             self._status_text += piece
             if final:
-                self.status = _parse_status(bytes(self._status_text))
+                self.status = ApiStatus.parse(self._status_text)
                 # Whatever still comes is read until the server closes, but not forever.
                 self.ws.close_after(self.status_grace)
         # CH_CLOSE (v5: the server closed one of its channels) and unknown channels need no
         # action: the status frame and the websocket close end the stream.
-
-
-def _status_body(body: bytes | bytearray | None) -> tuple[str, str]:
-    """(message, reason) from an error response body: a Kubernetes Status, or plain text."""
-    if not body:
-        return "", ""
-    try:
-        doc = json.loads(bytes(body))
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        return str(doc.get("message") or ""), str(doc.get("reason") or "")
-    text = bytes(body).decode("utf-8", "replace").strip()
-    return text[:500], ""
-
-
-_NOT_RUNNING_WORDS = (
-    "does not have a host assigned",
-    "completed pod",
-    "not running",
-    "pending",
-    "containercreating",
-)
 
 
 def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | None:
@@ -551,60 +499,14 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
     ns = session.namespace
     if isinstance(exc, HandshakeRejected):
         code = exc.status_code
-        message, reason = _status_body(exc.body)
-        if code == 401:
+        if code < 400:
             return ZsniffError(
-                f"the API server {host} rejected the credentials (HTTP 401)",
-                "check the user in your kubeconfig: the token or client certificate may have "
-                "expired (try `kubectl get pods` to re-authenticate)",
-                status=ExitStatus.UNAUTHORIZED,
+                f"the API server {host} answered HTTP {code} instead of upgrading to a websocket",
+                "is the kubeconfig server URL the API server itself (not a proxy or dashboard)?",
+                status=ExitStatus.ERROR,
             )
-        if code == 403:
-            return ZsniffError(
-                message or f'forbidden: cannot create resource "pods/exec" in namespace {ns}',
-                f"check your permissions: kubectl auth can-i create pods/exec -n {ns}",
-                status=ExitStatus.FORBIDDEN,
-            )
-        low = message.lower()
-        if code == 404 or reason == "NotFound":
-            return ZsniffError(
-                message or f"{session.target} not found (HTTP 404)",
-                f"check the names: kubectl get pods -n {ns}",
-                status=ExitStatus.NOT_FOUND,
-            )
-        if code == 400 or 400 <= code < 500:
-            if any(w in low for w in _NOT_RUNNING_WORDS):
-                status = ExitStatus.POD_NOT_RUNNING
-                hint = f"check the pod's state: kubectl get pod {session.pod} -n {ns}"
-            elif "not valid for pod" in low or "not found" in low:
-                status = ExitStatus.NOT_FOUND
-                hint = f"list the containers: kubectl get pod {session.pod} -n {ns} -o yaml"
-            else:
-                status = ExitStatus.ERROR
-                hint = ""
-            return ZsniffError(
-                message or f"the API server refused to exec in {session.target} (HTTP {code})",
-                hint,
-                status=status,
-            )
-        if code >= 500:
-            if "container not found" in low:
-                return ZsniffError(
-                    message,
-                    f"is the container running? kubectl get pod {session.pod} -n {ns}",
-                    status=ExitStatus.NOT_FOUND,
-                )
-            detail = f": {message}" if message else ""
-            return ZsniffError(
-                f"the API server {host} failed the exec request (HTTP {code}){detail}",
-                "the API server or the node's kubelet may be overloaded or restarting; retry",
-                status=ExitStatus.UNREACHABLE,
-            )
-        return ZsniffError(
-            f"the API server {host} answered HTTP {code} instead of upgrading to a websocket",
-            "is the kubeconfig server URL the API server itself (not a proxy or dashboard)?",
-            status=ExitStatus.ERROR,
-        )
+        return api_refusal(code, ApiStatus.parse(exc.body), "create pods/exec", namespace=ns,
+                           pod=session.pod, server=host)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ZsniffError(
             f"TLS certificate verification failed for the API server {host}: "

@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.kube.status import ApiStatus
 from kubectl_zsniff.wire.execws import (
     PROTOCOL_V4,
     PROTOCOL_V5,
@@ -32,7 +33,6 @@ from kubectl_zsniff.wire.execws import (
     StreamLostError,
     exec_capture_output,
     exec_url,
-    exit_code_of,
 )
 
 T = TypeVar("T")
@@ -286,11 +286,10 @@ def test_token_never_in_repr() -> None:
     assert TOKEN not in repr(ExecSession(ep, "ns", "p", "c", ["x"]))
 
 
-def test_exit_code_of() -> None:
-    assert exit_code_of({"status": "Success"}) == 0
-    assert exit_code_of(json.loads(nonzero(3)[1:])) == 3
-    assert exit_code_of({"status": "Failure", "reason": "InternalError"}) is None
-    assert exit_code_of(None) is None
+def test_exit_code_of_the_status_frame() -> None:
+    assert ApiStatus.parse(b'{"status": "Success"}').exit_code == 0
+    assert ApiStatus.parse(nonzero(3)[1:]).exit_code == 3
+    assert ApiStatus.parse(b'{"status": "Failure", "reason": "InternalError"}').exit_code is None
 
 
 # --- streams -----------------------------------------------------------------------------
@@ -323,7 +322,7 @@ def test_nonzero_exit_code(protocols: list[str], expected: str) -> None:
             async with ExecSession(endpoint(fake), "ns", "p", "c", ["exit", "3"]) as s:
                 result = await s.run(out.extend, err.extend)
             assert result.exit_code == 3 and result.complete
-            assert result.status is not None and result.status["reason"] == "NonZeroExitCode"
+            assert result.status is not None and result.status.reason == "NonZeroExitCode"
             assert bytes(out) == b"partial output" and bytes(err) == b"something failed\n"
 
     run(main())
