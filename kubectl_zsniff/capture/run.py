@@ -237,7 +237,6 @@ class CaptureSummary:
     seconds: float
     reason: StopReason
     exit_status: ExitStatus
-    first_packet_seconds: float | None
     names_written: int
     closed_sinks: list[str]
     notes: list[str]
@@ -282,7 +281,6 @@ class PodStream:
         self.give_up = give_up or asyncio.Event()
         self.given_up = False
         self.report = TcpdumpReport()
-        self.first_packet_at: float | None = None
         self.container_gone = False
         self.many = False  # several pods: progress lines name the pod
         # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
@@ -295,7 +293,7 @@ class PodStream:
     async def connect(self) -> None:
         await self.session.connect()
 
-    async def run(self, started: float) -> PodCapture:
+    async def run(self) -> PodCapture:
         lane = self.lane
         pipeline = lane.pipeline
         stop = self.stop
@@ -306,8 +304,6 @@ class PodStream:
             # In the stream's reader thread: the event loop only hears of a stop.
             nonlocal stop_posted
             lane.feed(chunk)
-            if self.first_packet_at is None and lane.packets:
-                self.first_packet_at = time.monotonic() - started
             if pipeline.stop_reason is not None and not stop_posted:
                 stop_posted = True
                 loop.call_soon_threadsafe(stop.set)
@@ -509,7 +505,7 @@ class CaptureRun:
             # tcpdump already runs in the pods connected so far: stop those before failing.
             self._stop.set()
             await asyncio.gather(
-                *(s.run(time.monotonic()) for s in connected), return_exceptions=True
+                *(s.run() for s in connected), return_exceptions=True
             )
             raise
 
@@ -532,7 +528,7 @@ class CaptureRun:
             if duration else None
         stats_task = asyncio.create_task(self._report_stats(started))
         try:
-            tasks = [asyncio.create_task(s.run(started)) for s in self.streams]
+            tasks = [asyncio.create_task(s.run()) for s in self.streams]
             pods: list[PodCapture] = []
             pending = set(tasks)
             while pending:
@@ -565,7 +561,6 @@ class CaptureRun:
         for p in pods:
             prefix = f"{p.pod.namespace}/{p.pod.name}: " if len(pods) > 1 else ""
             notes += [prefix + note for note in p.notes]
-        first_packets = [s.first_packet_at for s in self.streams if s.first_packet_at is not None]
         return CaptureSummary(
             pods=pods,
             packets=pipeline.packets,
@@ -574,7 +569,6 @@ class CaptureRun:
             seconds=time.monotonic() - started,
             reason=reason,
             exit_status=error.status if error else EXIT_FOR_REASON[reason],
-            first_packet_seconds=min(first_packets) if first_packets else None,
             names_written=pipeline.names_written,
             closed_sinks=pipeline.closed_sinks,
             notes=notes,

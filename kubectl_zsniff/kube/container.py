@@ -40,8 +40,6 @@ CAPTURE_SCRIPT = (
 @dataclass(frozen=True)
 class CaptureContainer:
     name: str
-    reused: bool
-    capabilities: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -316,7 +314,7 @@ def ensure_capture_container(
     reusable = find_reusable(pod, opts.image)
     if reusable and not opts.privileged:
         progress(f"reusing capture container {reusable}")
-        return CaptureContainer(reusable, True, ())
+        return CaptureContainer(reusable)
 
     level = psa_level if psa_level is not None else namespace_psa_level(kube, namespace)
     if level == "restricted":
@@ -339,7 +337,7 @@ def ensure_capture_container(
             raise
     progress(f"injected ephemeral container {name} ({opts.image})")
     wait_until_running(kube, namespace, pod_name, name, opts.start_timeout, progress)
-    return CaptureContainer(name, False, caps)
+    return CaptureContainer(name)
 
 
 def _patch_ephemeral(

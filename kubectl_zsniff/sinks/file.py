@@ -98,10 +98,6 @@ class FileSink:
             raise _write_error(self.path, exc) from exc
         self.bytes_written += size
 
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
     def close(self) -> int:
         if self._file is not None:
             try:
