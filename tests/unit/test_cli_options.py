@@ -1,0 +1,107 @@
+"""From the command line to CaptureOptions, without a cluster: what each flag becomes, and
+the combinations refused with a usage error (exit 2) before anything is contacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kubectl_zsniff.cli import app
+from kubectl_zsniff.options import CaptureOptions, OutputFormat
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[CaptureOptions]:
+    """The options each run builds; the capture itself is replaced by recording them."""
+    seen: list[CaptureOptions] = []
+
+    def record(opts: CaptureOptions, reporter: Any) -> int:
+        seen.append(opts)
+        return 0
+
+    monkeypatch.setattr(app, "_capture", record)
+    return seen
+
+
+def run(argv: list[str]) -> Any:
+    # CliRunner's stdout is not a terminal: like `kubectl zsniff web | tshark -r -`.
+    return CliRunner().invoke(app.cli, argv, catch_exceptions=False)
+
+
+def attr(opts: CaptureOptions, dotted: str) -> Any:
+    value: Any = opts
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+CASES = [
+    (["web"], {"target.pods": ("web",), "output.path": Path("-"),
+               "output.fmt": OutputFormat.PCAPNG, "tcpdump.bpf_filter": "", "names": True}),
+    (["shop/web", "pod/api"], {"target.pods": ("shop/web", "api")}),
+    (["web", "-w", "out.pcap"], {"output.path": Path("out.pcap"),
+                                 "output.fmt": OutputFormat.PCAP}),
+    (["web", "-w", "out.cap", "--format", "pcapng"], {"output.fmt": OutputFormat.PCAPNG}),
+    (["web", "tcp", "port", "80"], {"tcpdump.bpf_filter": "tcp port 80"}),
+    (["web", "-f", "udp port 53"], {"tcpdump.bpf_filter": "udp port 53"}),
+    (["-l", "app=web", "-A", "icmp"], {"target.selector": "app=web", "target.pods": (),
+                                       "target.all_namespaces": True,
+                                       "tcpdump.bpf_filter": "icmp"}),
+    (["web", "--count", "5", "-d", "1m", "--max-size", "2M"],
+     {"limits.packet_count": 5, "limits.duration": 60.0}),
+    (["web", "-i", "any", "-s", "96", "-B", "4096", "--no-promiscuous"],
+     {"tcpdump.interface": "any", "tcpdump.snaplen": 96, "tcpdump.buffer_kib": 4096,
+      "tcpdump.promiscuous": False}),
+    (["web", "-c", "app", "--image", "zsniff.test/capture:1", "--privileged"],
+     {"target.container": "app", "inject.image": "zsniff.test/capture:1",
+      "inject.privileged": True}),
+    (["web", "--wireshark"], {"output.wireshark": True, "output.path": None}),
+    (["web", "--zeek", "logs", "--no-names"], {"output.zeek_dir": Path("logs"), "names": False}),
+    (["web", "--context", "prod", "-n", "shop", "--kubeconfig", "/k"],
+     {"kube.context": "prod", "kube.namespace": "shop", "kube.kubeconfig": "/k"}),
+]
+
+
+@pytest.mark.parametrize("argv, expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_flags_become_options(built: list[CaptureOptions], argv: list[str],
+                              expected: dict[str, Any]) -> None:
+    result = run(argv)
+    assert result.exit_code == 0, result.output
+    (opts,) = built
+    for dotted, value in expected.items():
+        assert attr(opts, dotted) == value, dotted
+
+
+def test_sizes_are_read_as_people_write_them(built: list[CaptureOptions]) -> None:
+    assert run(["web", "--max-size", "2M"]).exit_code == 0
+    assert run(["web", "--max-size", "2MiB"]).exit_code == 0
+    decimal, binary = (o.limits.max_bytes for o in built)
+    assert decimal is not None and binary is not None
+    assert (decimal, binary) == (2_000_000, 2 * 1024 * 1024)
+
+
+REFUSED = [
+    (["web", "-d", "0"], "must be more than 0"),
+    (["web", "--max-size", "0"], "must be more than 0"),
+    (["web", "-A"], "-A/--all-namespaces goes with -l/--selector"),
+    (["web", "-f", "udp", "tcp"], "not both"),
+    (["web", "--wireshark", "--format", "pcap"], "--format sets the format of the -w file"),
+    (["web", "--force"], "--force overwrites an existing -w FILE"),
+    (["web", "--view", "-w", "-"], "cannot go with -w -"),
+    ([], "give a POD to capture"),
+    (["web", "-d", "soon"], "--duration"),
+    (["web", "--count", "zero"], "--count"),
+]
+
+
+@pytest.mark.parametrize("argv, words", REFUSED, ids=[" ".join(a) or "(none)" for a, _ in REFUSED])
+def test_contradictions_are_usage_errors(built: list[CaptureOptions], argv: list[str],
+                                         words: str) -> None:
+    result = run(argv)
+    assert result.exit_code == 2, result.output
+    assert words in result.output, result.output
+    assert "Traceback" not in result.output
+    assert built == []  # refused before any capture began
