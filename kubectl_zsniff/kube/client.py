@@ -206,58 +206,47 @@ def _retry_after_seconds(exc: Any) -> float | None:
 def load_client(opts: KubeOptions) -> KubeClient:
     """Build an API client the way kubectl would: flags, then KUBECONFIG, then in-cluster."""
     try:
-        import yaml
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+        from kubernetes import client
     except ImportError as exc:  # pragma: no cover - a broken installation
         raise ZsniffError(
             "the kubernetes Python package is missing", "reinstall kubectl-zsniff", ExitStatus.ERROR
         ) from exc
 
-    config_file = ""
     configuration = client.Configuration()
     # urllib3 would retry 429/503 itself, under our own retries: one policy, ours.
     configuration.retries = False
-    namespace: str | None = None
-    context_name = ""
+    context_name, namespace = _load_configuration(opts, configuration)
+
+    from kubectl_zsniff.wire.execws import unsupported_proxy
+
+    # Before any request, rather than fail halfway (urllib3 would want PySocks for socks5://).
+    refused = unsupported_proxy(getattr(configuration, "proxy", None) or None)
+    if refused is not None:
+        raise refused
+    return KubeClient(
+        api=client.ApiClient(configuration),
+        configuration=configuration,
+        namespace=opts.namespace or namespace or "default",
+        context_name=context_name,
+        request_timeout=opts.request_timeout,
+    )
+
+
+def _load_configuration(opts: KubeOptions, configuration: Any) -> tuple[str, str | None]:
+    """Fill `configuration` from the kubeconfig (or in-cluster); (context name, its namespace).
+    Every way loading fails becomes one of the project's errors."""
+    import yaml
+    from kubernetes.config.config_exception import ConfigException
+
     kubeconfig = opts.kubeconfig or os.environ.get("KUBECONFIG") or None
     default_path = Path("~/.kube/config").expanduser()
-    use_in_cluster = (
-        kubeconfig is None
-        and not default_path.exists()
-        and os.environ.get("KUBERNETES_SERVICE_HOST")
-    )
+    config_file = ""
     try:
-        if use_in_cluster:
-            # The kubernetes package has no type hints.
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-            context_name = "in-cluster"
-            if IN_CLUSTER_NAMESPACE_FILE.exists():
-                namespace = IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
-        else:
-            config_file = _config_files(opts.kubeconfig, kubeconfig, default_path)
-            contexts, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                config_file=config_file)
-            chosen = active
-            if opts.context:
-                matches = [c for c in contexts if c.get("name") == opts.context]
-                if not matches:
-                    names = ", ".join(sorted(str(c.get("name")) for c in contexts)) or "none"
-                    raise ZsniffError(
-                        f'context "{opts.context}" not found in the kubeconfig',
-                        f"known contexts: {names}",
-                        ExitStatus.USAGE,
-                    )
-                chosen = matches[0]
-            context_name = str(chosen.get("name", "")) if chosen else ""
-            namespace = (chosen or {}).get("context", {}).get("namespace")
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=config_file,
-                context=opts.context,
-                client_configuration=configuration,
-                persist_config=False,
-            )
+        if kubeconfig is None and not default_path.exists() and os.environ.get(
+                "KUBERNETES_SERVICE_HOST"):
+            return _load_in_cluster(configuration)
+        config_file = _config_files(opts.kubeconfig, kubeconfig, default_path)
+        return _load_kubeconfig(config_file, opts.context, configuration)
     except ZsniffError:
         raise
     except yaml.YAMLError as exc:
@@ -281,19 +270,44 @@ def load_client(opts: KubeOptions) -> KubeClient:
             ExitStatus.USAGE,
         ) from exc
 
-    from kubectl_zsniff.wire.execws import unsupported_proxy
 
-    # Before any request, rather than fail halfway (urllib3 would want PySocks for socks5://).
-    refused = unsupported_proxy(getattr(configuration, "proxy", None) or None)
-    if refused is not None:
-        raise refused
-    return KubeClient(
-        api=client.ApiClient(configuration),
-        configuration=configuration,
-        namespace=opts.namespace or namespace or "default",
-        context_name=context_name,
-        request_timeout=opts.request_timeout,
+def _load_in_cluster(configuration: Any) -> tuple[str, str | None]:
+    from kubernetes import config
+
+    # The kubernetes package has no type hints.
+    config.load_incluster_config(  # type: ignore[no-untyped-call]
+        client_configuration=configuration)
+    namespace = None
+    if IN_CLUSTER_NAMESPACE_FILE.exists():
+        namespace = IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
+    return "in-cluster", namespace
+
+
+def _load_kubeconfig(config_file: str, context: str | None,
+                     configuration: Any) -> tuple[str, str | None]:
+    from kubernetes import config
+
+    contexts, chosen = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+        config_file=config_file)
+    if context:
+        matches = [c for c in contexts if c.get("name") == context]
+        if not matches:
+            names = ", ".join(sorted(str(c.get("name")) for c in contexts)) or "none"
+            raise ZsniffError(
+                f'context "{context}" not found in the kubeconfig',
+                f"known contexts: {names}",
+                ExitStatus.USAGE,
+            )
+        chosen = matches[0]
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=config_file,
+        context=context,
+        client_configuration=configuration,
+        persist_config=False,
     )
+    context_name = str(chosen.get("name", "")) if chosen else ""
+    namespace = (chosen or {}).get("context", {}).get("namespace")
+    return context_name, str(namespace) if namespace else None
 
 
 def _config_files(flag: str | None, kubeconfig: str | None, default_path: Path) -> str:

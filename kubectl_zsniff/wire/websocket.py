@@ -261,15 +261,16 @@ class WebSocket:
         when the server is silent for ``ping_interval``, give up after ``ping_timeout`` more of
         silence. Raises ProtocolError on a broken frame; whatever ``on_data`` raises passes
         through (the connection is then aborted)."""
-        buf, view, size = self._buf, self._view, len(self._buf)
+        buf, view = self._buf, self._view
         pos, end = 0, self._end
         remaining = 0  # payload bytes of the current data frame not yet delivered
         first = final = False
         in_message = False  # a fragmented message continues in the next frame
-        last_rx = time.monotonic()
-        ping_sent: float | None = None
+        keepalive = _Keepalive(ping_interval, ping_timeout, time.monotonic())
         eof = False
         try:
+            # The hot loop: frames are parsed inline, a call per chunk of payload and none per
+            # header field, since at tens of MB/s every Python call per frame shows.
             while True:
                 # Parse and deliver everything complete in buf[pos:end].
                 while pos < end:
@@ -345,57 +346,10 @@ class WebSocket:
                 if eof:  # only now: what came before the end has been delivered
                     return self._ended(end > 0 or remaining > 0 or in_message)
                 # Read what is there (up to a batch) or wait for more.
-                got = 0
-                while end < size and got < _BATCH:
-                    with self._lock:
-                        if self._aborted or self._finished:
-                            return CloseInfo(None, "", by_client=True)
-                        try:
-                            n = self._sock.recv_into(view[end:])
-                        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                            n = -1
-                        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                            n = 0
-                    if n > 0:
-                        end += n
-                        got += n
-                        continue
-                    if n == 0:
-                        eof = True
-                        break
-                    if got:
-                        break
-                    now = time.monotonic()
-                    if self._close_deadline is not None and now >= self._close_deadline:
-                        return CloseInfo(None, "the server did not answer the close",
-                                         by_client=True)
-                    if self._end_deadline is not None and now >= self._end_deadline:
-                        self.request_close(timeout=close_timeout)
-                        self._end_deadline = None
-                        continue
-                    wait = 3600.0
-                    if ping_interval is not None:
-                        if ping_sent is None and now - last_rx >= ping_interval:
-                            self._send_quietly(OP_PING, b"zsniff")
-                            ping_sent = now
-                        if ping_sent is not None and ping_timeout is not None:
-                            if now - ping_sent >= ping_timeout:
-                                raise ConnectionError(
-                                    f"the server sent nothing for {now - last_rx:.0f} s, "
-                                    "not even an answer to a keepalive ping")
-                            wait = min(wait, ping_sent + ping_timeout - now)
-                        else:
-                            wait = min(wait, last_rx + ping_interval - now)
-                    for deadline in (self._close_deadline, self._end_deadline):
-                        if deadline is not None:
-                            wait = min(wait, deadline - now)
-                    readable, _, _ = select.select(
-                        [self._sock, self._wake_r], [], [], max(wait, 0.0))
-                    if self._wake_r in readable:
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
-                last_rx = time.monotonic()
-                ping_sent = None
+                filled = self._fill(view, end, keepalive, close_timeout)
+                if isinstance(filled, CloseInfo):
+                    return filled
+                end, eof = filled
         except _HandlerFailed as failed:
             self.abort()
             raise failed.inner from None
@@ -406,6 +360,51 @@ class WebSocket:
         except BaseException:
             self.abort()
             raise
+
+    def _fill(self, view: memoryview, end: int, keepalive: _Keepalive,
+              close_timeout: float) -> tuple[int, bool] | CloseInfo:
+        """Read into view[end:] what is there, up to a batch, or wait for it (sending keepalive
+        pings while the server is silent): (the new end, whether the server closed), or how the
+        connection ended meanwhile."""
+        got = 0
+        eof = False
+        size = len(view)
+        while end < size and got < _BATCH:
+            with self._lock:
+                if self._aborted or self._finished:
+                    return CloseInfo(None, "", by_client=True)
+                try:
+                    n = self._sock.recv_into(view[end:])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    n = -1
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    n = 0
+            if n > 0:
+                end += n
+                got += n
+                continue
+            if n == 0:
+                eof = True
+                break
+            if got:
+                break
+            now = time.monotonic()
+            if self._close_deadline is not None and now >= self._close_deadline:
+                return CloseInfo(None, "the server did not answer the close", by_client=True)
+            if self._end_deadline is not None and now >= self._end_deadline:
+                self.request_close(timeout=close_timeout)
+                self._end_deadline = None
+                continue
+            wait = keepalive.wait(now, self._send_quietly)
+            for deadline in (self._close_deadline, self._end_deadline):
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+            readable, _, _ = select.select([self._sock, self._wake_r], [], [], max(wait, 0.0))
+            if self._wake_r in readable:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+        keepalive.heard(time.monotonic())
+        return end, eof
 
     def _send_quietly(self, opcode: int, payload: bytes) -> None:
         with contextlib.suppress(OSError), self._lock:
@@ -575,6 +574,35 @@ def _tunnel(proxy: str, host: str, port: int, deadline: float) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class _Keepalive:
+    """Pings a silent server every `interval` and gives up `timeout` after an unanswered one."""
+
+    def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.last_rx = now
+        self.ping_sent: float | None = None
+
+    def heard(self, now: float) -> None:
+        self.last_rx = now
+        self.ping_sent = None
+
+    def wait(self, now: float, send: Callable[[int, bytes], None]) -> float:
+        """How long to wait for the server now, after sending the ping that is due."""
+        if self.interval is None:
+            return 3600.0
+        if self.ping_sent is None and now - self.last_rx >= self.interval:
+            send(OP_PING, b"zsniff")
+            self.ping_sent = now
+        if self.ping_sent is not None and self.timeout is not None:
+            if now - self.ping_sent >= self.timeout:
+                raise ConnectionError(
+                    f"the server sent nothing for {now - self.last_rx:.0f} s, "
+                    "not even an answer to a keepalive ping")
+            return min(3600.0, self.ping_sent + self.timeout - now)
+        return min(3600.0, self.last_rx + self.interval - now)
 
 
 def _os_error_text(exc: BaseException) -> str:

@@ -92,8 +92,10 @@ def test_leftovers_lists_the_capture_containers_running_or_exited(
     none = zsniff.run(["leftovers", f"default/{fresh_pod}"])
     assert none.returncode == 0, none.stderr
     assert none.stdout == f"default/{fresh_pod}: no zsniff capture container\n"
+    # 10 s: long enough that the listing below still finds it running on a loaded machine
+    # (with 2 s, CI once saw it exited already).
     result = zsniff.run([fresh_pod, "-w", str(tmp_path / "x.pcapng"), "-d", "1s",
-                         "--idle-lifetime", "2s"])
+                         "--idle-lifetime", "10s"])
     assert result.returncode == 0, result.stderr
     listed = zsniff.run(["leftovers", fresh_pod, "-n", "default"])
     assert listed.returncode == 0, listed.stderr
@@ -102,7 +104,7 @@ def test_leftovers_lists_the_capture_containers_running_or_exited(
     assert rows[0][1].startswith("zsniff-") and rows[0][2] == "running", listed.stdout
     assert rows[0][4] == zsniff.image
     # After its idle lifetime the same container is listed as exited.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         later = zsniff.run(["leftovers", fresh_pod])
         if "\texited\t" in later.stdout or time.monotonic() > deadline:
