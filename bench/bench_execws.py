@@ -26,7 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kubectl_zsniff.wire.execws import PROTOCOL_V4, PROTOCOL_V5, ApiEndpoint, ExecSession  # noqa: E402
+from kubectl_zsniff.wire.endpoint import ApiEndpoint  # noqa: E402
+from kubectl_zsniff.wire.execws import PROTOCOL_V4, PROTOCOL_V5, ExecSession  # noqa: E402
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

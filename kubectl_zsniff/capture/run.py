@@ -23,12 +23,8 @@ from kubectl_zsniff.formats.pcap import encode_pcap_header
 from kubectl_zsniff.kube.container import PodInfo, capture_command
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
-from kubectl_zsniff.wire.execws import (
-    ApiEndpoint,
-    ExecSession,
-    StreamLostError,
-    exec_capture_output,
-)
+from kubectl_zsniff.wire.endpoint import ApiEndpoint
+from kubectl_zsniff.wire.execws import ExecSession, StreamLostError, exec_capture_output
 from kubectl_zsniff.words import plural
 
 __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "StopReason",

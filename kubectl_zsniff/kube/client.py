@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from urllib.parse import quote
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.status import ApiStatus, api_refusal
 from kubectl_zsniff.options import KubeOptions
+from kubectl_zsniff.wire.endpoint import ApiEndpoint, unsupported_proxy
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -157,9 +159,7 @@ class KubeClient:
             raise exc
         return raw
 
-    def endpoint(self) -> Any:
-        from kubectl_zsniff.wire.execws import endpoint_from_configuration
-
+    def endpoint(self) -> ApiEndpoint:
         return endpoint_from_configuration(self.configuration)
 
 
@@ -216,8 +216,6 @@ def load_client(opts: KubeOptions) -> KubeClient:
     # urllib3 would retry 429/503 itself, under our own retries: one policy, ours.
     configuration.retries = False
     context_name, namespace = _load_configuration(opts, configuration)
-
-    from kubectl_zsniff.wire.execws import unsupported_proxy
 
     # Before any request, rather than fail halfway (urllib3 would want PySocks for socks5://).
     refused = unsupported_proxy(getattr(configuration, "proxy", None) or None)
@@ -308,6 +306,49 @@ def _load_kubeconfig(config_file: str, context: str | None,
     context_name = str(chosen.get("name", "")) if chosen else ""
     namespace = (chosen or {}).get("context", {}).get("namespace")
     return context_name, str(namespace) if namespace else None
+
+
+def endpoint_from_configuration(cfg: Any) -> ApiEndpoint:
+    """Build an ``ApiEndpoint`` from an official ``kubernetes.client.Configuration``.
+
+    TLS verification stays on unless the kubeconfig itself said insecure-skip-tls-verify
+    (``verify_ssl`` False). The token is read through ``get_api_key_with_prefix``, which first
+    runs ``refresh_api_key_hook`` so exec credential plugins and expired tokens are refreshed.
+    """
+    host = str(cfg.host).rstrip("/")
+    headers: dict[str, str] = {}
+    # kube_config sets api_key["BearerToken"] = "Bearer x"; in-cluster config sets
+    # api_key["authorization"] with a prefix: the alias covers both.
+    try:
+        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    except TypeError:  # kubernetes < 3x: no alias argument
+        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+            "authorization")
+    if token:
+        headers["Authorization"] = token
+    elif getattr(cfg, "username", None) or getattr(cfg, "password", None):
+        basic = cfg.get_basic_auth_token()
+        if basic:
+            headers["Authorization"] = basic
+
+    ctx: ssl.SSLContext | None = None
+    if host.startswith("https://"):
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif getattr(cfg, "assert_hostname", None) is False:
+            ctx.check_hostname = False
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    return ApiEndpoint(
+        base_url=host,
+        headers=headers,
+        ssl_context=ctx,
+        proxy=getattr(cfg, "proxy", None) or None,
+        server_hostname=getattr(cfg, "tls_server_name", None) or None,
+    )
+
 
 
 def _config_files(flag: str | None, kubeconfig: str | None, default_path: Path) -> str:

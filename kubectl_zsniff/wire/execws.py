@@ -4,7 +4,7 @@ Why not the official client's ``stream()`` helper: it copies its whole buffer on
 decodes bytes as UTF-8 unless told otherwise (see docs/kubernetes-facts.md): a capture stream
 needs binary-exact, copy-light reading. The websocket itself is ``websocket.py`` (a thread reads
 TLS records straight into one buffer). The official client still owns kubeconfig and auth;
-``endpoint_from_configuration`` turns its ``Configuration`` into what this module needs.
+``kube.client.endpoint_from_configuration`` turns them into an ``ApiEndpoint`` (endpoint.py).
 
 Wire format (both protocols): every websocket message is binary; byte 0 is the channel
 (0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize, 255 close-a-channel, v5 only); the rest is the
@@ -34,14 +34,14 @@ import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.status import ApiStatus, api_refusal
+from kubectl_zsniff.wire.endpoint import ApiEndpoint, exec_url, unsupported_proxy
 from kubectl_zsniff.wire.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
 T = TypeVar("T")
@@ -59,114 +59,6 @@ CH_CLOSE = 255
 
 _STDIN_PREFIX = bytes([CH_STDIN])
 _CLOSE_STDIN = bytes([CH_CLOSE, CH_STDIN])
-
-
-@dataclass(frozen=True)
-class ApiEndpoint:
-    """Where and how to reach the API server. ``headers`` carry credentials: never shown."""
-
-    base_url: str  # http(s)://host:port[/prefix]
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
-    ssl_context: ssl.SSLContext | None = None
-    proxy: str | None = None  # kubeconfig proxy-url (http:// only)
-    server_hostname: str | None = None  # kubeconfig tls-server-name (SNI and cert check)
-
-    @property
-    def host(self) -> str:
-        """``host:port`` for messages: never the path, never credentials."""
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or "?"
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        default = 443 if parts.scheme == "https" else 80
-        return f"{host}:{parts.port or default}"
-
-
-def unsupported_proxy(proxy: str | None) -> ZsniffError | None:
-    """The error for a proxy-url the exec stream cannot tunnel through (only http:// works);
-    checked when the configuration is loaded, before any request, and again at connect."""
-    if not proxy or proxy.startswith("http://"):
-        return None
-    return ZsniffError(
-        f"the kubeconfig's proxy-url {urlsplit(proxy).scheme}:// is not supported "
-        "(only http:// proxies are)",
-        "use an http:// proxy in proxy-url, or reach the API server directly",
-        status=ExitStatus.USAGE,
-    )
-
-
-def endpoint_from_configuration(cfg: Any) -> ApiEndpoint:
-    """Build an ``ApiEndpoint`` from an official ``kubernetes.client.Configuration``.
-
-    TLS verification stays on unless the kubeconfig itself said insecure-skip-tls-verify
-    (``verify_ssl`` False). The token is read through ``get_api_key_with_prefix``, which first
-    runs ``refresh_api_key_hook`` so exec credential plugins and expired tokens are refreshed.
-    """
-    host = str(cfg.host).rstrip("/")
-    headers: dict[str, str] = {}
-    # kube_config sets api_key["BearerToken"] = "Bearer x"; in-cluster config sets
-    # api_key["authorization"] with a prefix: the alias covers both.
-    try:
-        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-    except TypeError:  # kubernetes < 3x: no alias argument
-        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
-            "authorization")
-    if token:
-        headers["Authorization"] = token
-    elif getattr(cfg, "username", None) or getattr(cfg, "password", None):
-        basic = cfg.get_basic_auth_token()
-        if basic:
-            headers["Authorization"] = basic
-
-    ctx: ssl.SSLContext | None = None
-    if host.startswith("https://"):
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-        if not cfg.verify_ssl:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        elif getattr(cfg, "assert_hostname", None) is False:
-            ctx.check_hostname = False
-        if cfg.cert_file:
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
-    return ApiEndpoint(
-        base_url=host,
-        headers=headers,
-        ssl_context=ctx,
-        proxy=getattr(cfg, "proxy", None) or None,
-        server_hostname=getattr(cfg, "tls_server_name", None) or None,
-    )
-
-
-def exec_url(
-    endpoint: ApiEndpoint,
-    namespace: str,
-    pod: str,
-    container: str | None,
-    command: Sequence[str],
-    stdin: bool,
-    stdout: bool = True,
-    stderr: bool = True,
-    tty: bool = False,
-) -> str:
-    """The ws(s):// URL of ``pods/exec``. Each argv element is its own ``command=``: no shell."""
-    if not command:
-        raise ValueError("exec needs a command")
-    parts = urlsplit(endpoint.base_url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"API server URL must be http(s)://, got scheme {parts.scheme!r}")
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    prefix = parts.path.rstrip("/")
-    ns_q = quote(namespace, safe="")
-    pod_q = quote(pod, safe="")
-    path = f"{prefix}/api/v1/namespaces/{ns_q}/pods/{pod_q}/exec"
-    query: list[tuple[str, str]] = [("command", arg) for arg in command]
-    if container:
-        query.append(("container", container))
-    # Like kubectl: only the streams asked for appear, as "true".
-    for name, wanted in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("tty", tty)):
-        if wanted:
-            query.append((name, "true"))
-    return f"{scheme}://{parts.netloc}{path}?{urlencode(query, quote_via=quote)}"
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,14 @@ from websockets.typing import Subprotocol
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.status import ApiStatus
+from kubectl_zsniff.wire.endpoint import ApiEndpoint, exec_url
 from kubectl_zsniff.wire.execws import (
     PROTOCOL_V4,
     PROTOCOL_V5,
-    ApiEndpoint,
     ExecFailedError,
     ExecSession,
     StreamLostError,
     exec_capture_output,
-    exec_url,
 )
 
 T = TypeVar("T")
@@ -676,7 +675,7 @@ def test_tls_with_ca_works(self_signed: tuple[Path, Path]) -> None:
 def test_endpoint_from_configuration(self_signed: tuple[Path, Path]) -> None:
     from kubernetes.client import Configuration
 
-    from kubectl_zsniff.wire.execws import endpoint_from_configuration
+    from kubectl_zsniff.kube.client import endpoint_from_configuration
 
     cert, _ = self_signed
     cfg = Configuration()
