@@ -176,7 +176,9 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         if watcher is not None and watcher.errors:
             summary.notes.append(_watch_note(watcher.errors))
         wrote_anything = pipeline.output_bytes > 0
-        summary.sink_results = _close_sinks(pipeline.sinks, summary)
+        # Every sink opened, also those the pipeline dropped (a reader gone, a stall): each
+        # must be closed, Zeek above all, which then finishes and has its logs named.
+        summary.sink_results = _close_sinks(sinks, summary)
         sinks = []
         return summary
     finally:

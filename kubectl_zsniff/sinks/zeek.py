@@ -6,14 +6,14 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.names.map import NameSource
-from kubectl_zsniff.sinks import PipeWriter
+from kubectl_zsniff.sinks.feeder import FeederClosed, PipeFeeder
 from kubectl_zsniff.sinks.file import open_private
 from kubectl_zsniff.zeek.logs import FileSummary, enrich_directory
 
@@ -112,8 +112,7 @@ class ZeekSink:
         self.argv = zeek_argv(executable or find_zeek(), extra_args)
         self.bytes_written = 0
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stdin: IO[bytes] | None = None
-        self._pipe: PipeWriter | None = None
+        self._feeder: PipeFeeder | None = None
         self._summary: ZeekSummary | None = None
 
     @property
@@ -150,25 +149,31 @@ class ZeekSink:
                 if isinstance(exc, FileNotFoundError)
                 else ExitStatus.OUTPUT_ERROR,
             ) from exc
-        self._stdin = self._proc.stdin
-        assert self._stdin is not None
-        self._pipe = PipeWriter(self._stdin.fileno(), "Zeek")
+        stdin = self._proc.stdin
+        assert stdin is not None
+        # The feeder owns its own descriptor of the pipe; Popen's file object is closed now
+        # so that the pipe ends exactly when the feeder has delivered the last record.
+        fd = os.dup(stdin.fileno())
+        stdin.close()
+        self._feeder = PipeFeeder(fd)
 
     def write(self, data: bytes | memoryview) -> None:
         if self._summary is not None:
             raise ZsniffError("the Zeek sink is already closed", status=ExitStatus.ERROR)
         self.start()
-        pipe = self._pipe
-        assert pipe is not None
+        feeder = self._feeder
+        assert feeder is not None
         try:
-            pipe.write(data)  # every byte, in order (a pipe write may be partial)
-        except (BrokenPipeError, ConnectionResetError, ValueError) as exc:
+            # Queued whole, delivered in order by the feeder's thread: a Zeek still loading
+            # its scripts when the capture stops gets every record later, never half of one.
+            feeder.write(data)
+        except FeederClosed as exc:
             raise self._died_error() from exc
         self.bytes_written += len(data)
 
     def stopping(self) -> None:
-        if self._pipe is not None:
-            self._pipe.stopping()
+        if self._feeder is not None:
+            self._feeder.stopping()
 
     def _died_error(self) -> ZsniffError:
         proc = self._proc
@@ -176,7 +181,6 @@ class ZeekSink:
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = proc.wait(timeout=5)
-        self._close_stdin()
         return ZsniffError(
             f"Zeek exited while receiving packets (exit status {code})" + self._stderr_suffix(),
             f"see {self.stderr_path}; check the Zeek scripts and options given",
@@ -187,12 +191,6 @@ class ZeekSink:
         tail = _tail(self.stderr_path)
         return f": {tail.splitlines()[-1]}" if tail else ""
 
-    def _close_stdin(self) -> None:
-        if self._stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._stdin.close()
-            self._stdin = None
-
     def close(self) -> ZeekSummary:
         """End of capture: let Zeek finish, check it succeeded, add names to its logs."""
         if self._summary is not None:
@@ -202,18 +200,23 @@ class ZeekSink:
         self._summary = summary
         if proc is None:
             return summary  # nothing was captured: Zeek never ran
-        self._close_stdin()
-        timed_out = False
-        try:
-            proc.wait(timeout=self.wait_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        feeder = self._feeder
+        assert feeder is not None
+        deadline = time.monotonic() + self.wait_timeout
+        timed_out = not feeder.finish(self.wait_timeout)
+        if not timed_out:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out:
             proc.terminate()  # Zeek flushes its logs on SIGTERM
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            feeder.abandon()
         summary.returncode = proc.returncode
         # Names go on whatever Zeek wrote even when it failed: partial logs still help.
         if self.namemap is not None:
@@ -235,9 +238,10 @@ class ZeekSink:
 
     def abort(self) -> None:
         """Stop Zeek at once without touching its logs (the capture itself failed)."""
-        self._close_stdin()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+        if self._feeder is not None:
+            self._feeder.abandon()
         code = self._proc.returncode if self._proc is not None else None
         self._summary = ZeekSummary(self.directory, code, self.bytes_written)

@@ -103,3 +103,81 @@ def test_zeek_on_live_capture_with_stand_in_zeek_program(
         assert record["orig_namespace"] == "default"
     cluster.delete_pod("zeek-client")
     cluster.delete_pod("zeek-web")
+
+
+STAND_IN = Path(__file__).with_name("zeek_standin.py")
+
+
+def install_stand_in(bindir: Path) -> Path:
+    """The stand-in Zeek of zeek_standin.py as the `zeek` program first on PATH."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    zeek = bindir / "zeek"
+    zeek.write_text(f"#!/bin/sh\nexec {sys.executable} {STAND_IN} \"$@\"\n")
+    zeek.chmod(0o755)
+    return zeek
+
+
+def stand_in_env(kube_home: Path, kubeconfig: Path, bindir: Path,
+                 **knobs: str) -> dict[str, str]:
+    env = env_for(kube_home, kubeconfig)
+    env["PATH"] = f"{bindir}:{os.environ['PATH']}"
+    env["ZEEK_STANDIN_BASELINE"] = str(ZEEK_DATA / "decanon" / "opt.basic_conn.log")
+    env.update(knobs)
+    return env
+
+
+def whole_pcap_records(path: Path) -> tuple[int, int]:
+    """(records, bytes left over that are not a whole record) of a classic pcap file."""
+    import struct
+
+    data = path.read_bytes()
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    offset, records = 24, 0
+    while offset + 16 <= len(data):
+        caplen = struct.unpack_from(endian + "I", data, offset + 8)[0]
+        if offset + 16 + caplen > len(data):
+            break
+        offset += 16 + caplen
+        records += 1
+    return records, len(data) - offset
+
+
+@pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
+def test_zeek_that_starts_late_and_reads_slowly_gets_whole_records_and_its_logs_named(
+    cluster: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """A real Zeek takes seconds to load its scripts: Ctrl-C during that time must not cut the
+    stream to Zeek inside a record (Zeek then loses every log), and Zeek's logs still get
+    their names. The reply is ~300 KB, far more than a pipe holds."""
+    from parsezeeklogs import ZeekLog
+
+    from tests.e2e.conftest import drop_pair, make_pair, wait_capture_live
+
+    bindir = tmp_path / "bin"
+    install_stand_in(bindir)
+    pair = make_pair(cluster, prefix="zslow")
+    logs = tmp_path / "logs"
+    env = stand_in_env(kube_home, cluster.kubeconfig, bindir,
+                       ZEEK_STANDIN_DELAY="12", ZEEK_STANDIN_READ_PAUSE="0.002")
+    try:
+        capture = subprocess.Popen(
+            [*ZSNIFF, pair.web, "--zeek", str(logs), "--image", cluster.capture_image,
+             "tcp port 8080"],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        wait_capture_live(cluster, "default", pair.web, proc=capture)
+        pair.run_traffic(http=1, size=300_000, families=(4,))
+        time.sleep(0.5)
+        capture.send_signal(2)
+        _, err = capture.communicate(timeout=120)
+    finally:
+        drop_pair(pair)
+    assert capture.returncode == 130, err
+    records, torn = whole_pcap_records(logs / "received.pcap")
+    assert torn == 0, f"the stream to Zeek ended inside a record ({torn} bytes): {err}"
+    assert records > 10 and (logs / "received.pcap").stat().st_size > 300_000, records
+    rows = list(ZeekLog(str(logs / "conn.log")))
+    assert len(rows) == 1, rows  # the one TCP SYN of the GET
+    assert rows[0]["orig_pod"] == f"default/{pair.client}"
+    assert rows[0]["resp_pod"] == f"default/{pair.web}"
+    assert "Zeek logs in" in err
