@@ -125,6 +125,10 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
                 stdout: BinaryIO | None = None) -> CaptureSummary:
     if opts.output.path is not None and not opts.output.to_stdout:
         refuse_overwrite(opts.output.path, opts.output.force)
+    if opts.output.zeek_dir is not None:
+        from kubectl_zsniff.sinks.zeek import refuse_used_directory
+
+        refuse_used_directory(opts.output.zeek_dir)
     for note in output_notes(opts):
         reporter.progress(note)
     check_tools(opts)

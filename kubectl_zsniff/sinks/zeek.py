@@ -59,6 +59,37 @@ def find_zeek(
     )
 
 
+def refuse_used_directory(directory: Path) -> None:
+    """Each run starts in an empty folder: Zeek never deletes old logs, so a folder holding an
+    earlier run's would have them listed, and named again, as this run's."""
+    try:
+        entries = sorted(p.name for p in directory.iterdir())
+    except FileNotFoundError:
+        return  # created at start
+    except NotADirectoryError as exc:
+        raise ZsniffError(
+            f"--zeek {directory} is a file, not a folder",
+            "give --zeek a new or empty folder for this run's logs",
+            ExitStatus.OUTPUT_ERROR,
+        ) from exc
+    except OSError as exc:
+        raise ZsniffError(
+            f"cannot read the --zeek folder {directory}: {exc.strerror or exc}",
+            "give --zeek a new or empty folder you can write to",
+            ExitStatus.OUTPUT_ERROR,
+        ) from exc
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3
+                                          else "")
+        raise ZsniffError(
+            f"the --zeek folder {directory} is not empty ({shown}); Zeek would mix this run's "
+            "logs with those",
+            "give --zeek a new or empty folder (e.g. --zeek zeek-$(date +%H%M%S)), or move "
+            "the old logs away",
+            ExitStatus.OUTPUT_ERROR,
+        )
+
+
 def zeek_argv(executable: str, extra: Sequence[str] = ()) -> list[str]:
     # -C: captures on veth/offloading NICs carry checksums the kernel never filled in; without
     #     it Zeek drops those packets as corrupt and the logs come out nearly empty.

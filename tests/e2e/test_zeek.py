@@ -181,3 +181,29 @@ def test_zeek_that_starts_late_and_reads_slowly_gets_whole_records_and_its_logs_
     assert rows[0]["orig_pod"] == f"default/{pair.client}"
     assert rows[0]["resp_pod"] == f"default/{pair.web}"
     assert "Zeek logs in" in err
+
+
+@pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
+def test_zeek_refuses_a_folder_holding_logs_of_an_earlier_run(
+    cluster: Any, kube_home: Path, tmp_path: Path, fresh_pod: str
+) -> None:
+    """Zeek never deletes old logs: a reused --zeek DIR would list (and name again) an earlier
+    run's logs as this run's. It is refused before the pod is touched, the old logs kept."""
+    bindir = tmp_path / "bin"
+    install_stand_in(bindir)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = (ZEEK_DATA / "decanon" / "opt.basic_dns.log").read_bytes()
+    (logs / "dns.log").write_bytes(old)
+    env = stand_in_env(kube_home, cluster.kubeconfig, bindir)
+    done = subprocess.run(
+        [*ZSNIFF, fresh_pod, "--zeek", str(logs), "--image", cluster.capture_image, "icmp"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 16, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("error: ") and str(logs) in lines[0] and "dns.log" in lines[0]
+    assert lines[1].startswith("hint: ") and "empty" in lines[1]
+    assert "injected" not in done.stderr and "Traceback" not in done.stderr
+    assert (logs / "dns.log").read_bytes() == old
+    assert not (logs / "argv.json").exists()  # Zeek was never started
