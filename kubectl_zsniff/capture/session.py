@@ -144,6 +144,14 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]
     many = len(targets) > 1
+    if many and opts.output.zeek_dir is not None:
+        # Each captured pod's stream carries the packets it sent and received: those between
+        # two captured pods come twice. Dropping the copies is the pipeline's dedup (not yet).
+        reporter.progress(
+            "warning: --zeek with several pods: a packet between two captured pods is in "
+            "both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
+            "retransmissions, two dns.log rows per query); capture one end of such "
+            "conversations for Zeek")
 
     book: NameBook | None = None
     watcher: NameWatcher | None = None

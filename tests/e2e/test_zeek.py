@@ -181,6 +181,7 @@ def test_zeek_that_starts_late_and_reads_slowly_gets_whole_records_and_its_logs_
     assert rows[0]["orig_pod"] == f"default/{pair.client}"
     assert rows[0]["resp_pod"] == f"default/{pair.web}"
     assert "Zeek logs in" in err
+    assert "sees it twice" not in err  # one pod: nothing is seen twice
 
 
 @pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
@@ -207,3 +208,41 @@ def test_zeek_refuses_a_folder_holding_logs_of_an_earlier_run(
     assert "injected" not in done.stderr and "Traceback" not in done.stderr
     assert (logs / "dns.log").read_bytes() == old
     assert not (logs / "argv.json").exists()  # Zeek was never started
+
+
+@pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
+def test_zeek_on_two_talking_pods_warns_that_it_sees_their_packets_twice(
+    cluster: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """Both ends captured: each packet between them is in both pods' streams, so Zeek gets it
+    twice (doubled bytes, two rows per query). Until dedup lands, zsniff says so."""
+    from parsezeeklogs import ZeekLog
+
+    from tests.e2e.conftest import drop_pair, make_pair, wait_capture_live
+
+    bindir = tmp_path / "bin"
+    install_stand_in(bindir)
+    pair = make_pair(cluster, prefix="ztwice")
+    logs = tmp_path / "logs"
+    env = stand_in_env(kube_home, cluster.kubeconfig, bindir)
+    try:
+        capture = subprocess.Popen(
+            [*ZSNIFF, pair.web, f"pod/{pair.client}", "--zeek", str(logs),
+             "--image", cluster.capture_image, "icmp"],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        wait_capture_live(cluster, "default", pair.web, proc=capture)
+        wait_capture_live(cluster, "default", pair.client, proc=capture)
+        pair.run_traffic(icmp=1, families=(4,))
+        time.sleep(0.5)
+        capture.send_signal(2)
+        _, err = capture.communicate(timeout=120)
+    finally:
+        drop_pair(pair)
+    assert capture.returncode == 130, err
+    # What the warning is about, as it happens: the one echo request, logged twice.
+    rows = list(ZeekLog(str(logs / "conn.log")))
+    assert len(rows) == 2 and rows[0]["id.orig_h"] == rows[1]["id.orig_h"], rows
+    warning = [line for line in err.splitlines() if "sees it twice" in line]
+    assert len(warning) == 1 and warning[0].startswith("zsniff: warning: "), err
+    assert "both ends" in warning[0] and "--zeek" in warning[0]
