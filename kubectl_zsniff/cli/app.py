@@ -538,6 +538,64 @@ def truncation_warning(path: str, tail: int) -> str:
             "whole packet and were left out")
 
 
+def _selection(logs: str | None, flows: tuple[str, ...], logs_flag: str,
+               flows_flag: str) -> Any:
+    """The volume knob from its flags, or None for everything; bad rules are usage errors."""
+    if not logs and not flows:
+        return None
+    from kubectl_zsniff.zeek.select import RowSelection, SelectionError
+
+    try:
+        return RowSelection.parse(logs, flows)
+    except SelectionError as exc:
+        raise click.UsageError(f"{logs_flag if 'log' in str(exc) else flows_flag}: {exc}") \
+            from exc
+
+
+def _enrich_to_json(logs: tuple[str, ...], namemap: Any, target: str, context: str | None,
+                    selection: Any, reporter: Any) -> int:
+    from kubectl_zsniff.names.map import as_lookup
+    from kubectl_zsniff.zeek.jsonl import logs_to_json
+    from kubectl_zsniff.zeek.jsonout import JsonLinesOutput
+
+    out = JsonLinesOutput(target)
+    try:
+        stats, unusable = logs_to_json(logs, as_lookup(namemap), out.write, context=context,
+                                       selection=selection)
+    finally:
+        out.close()
+    reporter.progress(
+        f"{plural(out.lines, 'JSON line')} to {out.where}, {stats.named_rows:,} with a pod name"
+        + (f"; {plural(stats.bad_lines, 'line')} that no header describes left out"
+           if stats.bad_lines else "")
+        + (f" ({stats.counts.text()})" if selection is not None else ""))
+    if unusable:
+        path, why = unusable[0]
+        more = f" (and {plural(len(unusable) - 1, 'other file')})" if len(unusable) > 1 else ""
+        raise ZsniffError(
+            f"{path}: {why}{more}",
+            "give Zeek's logs (conn.log, dns.log... in TSV or JSON) or a folder of them",
+            ExitStatus.USAGE,
+        )
+    return 0
+
+
+def _cluster_owners(kw: dict[str, Any], reporter: Any) -> tuple[dict[str, Any], str]:
+    """Every pod, service and node address of the cluster with what is known of its owner
+    (workload, node), and the kubectl context they were read with."""
+    from kubectl_zsniff.kube.client import load_client
+    from kubectl_zsniff.names.book import NameBook
+
+    kube = load_client(
+        KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
+    )
+    book = NameBook()
+    missing = book.load(kube, kube.namespace)
+    if missing:
+        reporter.progress("names limited: not allowed to list " + ", ".join(missing))
+    return dict(book.current()), kube.context_name
+
+
 def _cluster_names(kw: dict[str, Any], reporter: Any,
                    only_namespace: str | None = None) -> dict[str, str]:
     """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
@@ -718,18 +776,36 @@ def hosts_command(output: str, debug: bool, **kw: Any) -> None:
     default=None,
     help="Write enriched copies here (default: rewrite in place).",
 )
+@click.option(
+    "--json",
+    "json_out",
+    metavar="FILE|-",
+    default=None,
+    help="One stream of JSON lines instead (one row per line, `_path`, names of both ends): "
+    "for a SIEM shipper.",
+)
+@click.option("--logs", "only_logs", metavar="conn,dns,...", default=None,
+              help="Only these logs (Zeek's paths).")
+@click.option("--only", "only_flows", multiple=True, metavar="RULE",
+              help="Only flows matching RULE (repeatable, any may match): leaves-namespace, "
+              "unknown, workload=NAME, namespace=NS.")
 @click.option("--debug", is_flag=True, hidden=True)
 def enrich_command(
-    logs: tuple[str, ...], names_from: str | None, output_dir: str | None, debug: bool, **kw: Any
+    logs: tuple[str, ...], names_from: str | None, output_dir: str | None,
+    json_out: str | None, only_logs: str | None, only_flows: tuple[str, ...], debug: bool,
+    **kw: Any
 ) -> None:
     """Add orig_pod/resp_pod (and namespaces) to Zeek logs (TSV or JSON) made elsewhere."""
     reporter = _make_reporter(False)
+    if json_out is not None and output_dir is not None:
+        raise click.UsageError("--json writes one stream; -o/--output-dir writes files: pick one")
+    selection = _selection(only_logs, only_flows, "--logs", "--only")
 
     def action() -> int:
         from kubectl_zsniff.names.map import DictNameMap
-        from kubectl_zsniff.zeek.logs import enrich_paths
 
         namemap: Any
+        context: str | None = None
         if names_from and _is_capture(names_from):
             from kubectl_zsniff.offline import names_from_capture
 
@@ -737,8 +813,13 @@ def enrich_command(
         elif names_from:
             namemap = DictNameMap(_read_hosts(names_from))
         else:
-            namemap = DictNameMap(_cluster_names(kw, reporter))
-        results = enrich_paths(logs, namemap, output_dir)
+            names, context = _cluster_owners(kw, reporter)
+            namemap = DictNameMap(names)
+        if json_out is not None:
+            return _enrich_to_json(logs, namemap, json_out, context, selection, reporter)
+        from kubectl_zsniff.zeek.logs import enrich_paths
+
+        results = enrich_paths(logs, namemap, output_dir, selection=selection)
         unusable = [r for r in results if r.skipped and r.skipped.startswith(UNUSABLE_LOG)]
         for result in results:
             if result in unusable:

@@ -39,7 +39,8 @@ def pod_names(pod: JSON) -> list[tuple[str, PodName]]:
     if field(pod, "spec", "hostNetwork"):
         return []
     ns, name = field(pod, "metadata", "namespace"), field(pod, "metadata", "name")
-    owner = PodName(f"{ns}/{name}", ns, "pod", pod_workload(pod))
+    owner = PodName(f"{ns}/{name}", ns, "pod", pod_workload(pod),
+                    field(pod, "spec", "nodeName") or None)
     return [(ip, owner) for ip in pod_ips(pod)]
 
 
@@ -53,7 +54,8 @@ def service_names(svc: JSON) -> list[tuple[str, PodName]]:
 
 
 def node_names(node: JSON) -> list[tuple[str, PodName]]:
-    owner = PodName(f"node/{field(node, 'metadata', 'name')}", None, "node", None)
+    node_name = field(node, "metadata", "name")
+    owner = PodName(f"node/{node_name}", None, "node", None, node_name)
     return [
         (str(a.get("address")), owner)
         for a in field(node, "status", "addresses") or ()

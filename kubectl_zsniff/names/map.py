@@ -24,6 +24,7 @@ class PodName:
     namespace: str | None = None
     kind: str = "pod"  # "pod" | "service" | "node"
     workload: str | None = None
+    node: str | None = None  # the node a pod runs on (a node's own name for a node)
 
     @classmethod
     def parse(cls, text: str, workload: str | None = None) -> PodName:

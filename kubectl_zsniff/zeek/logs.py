@@ -24,6 +24,7 @@ from typing import IO, Literal
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.names.map import LookupFunc, NameSource, PodName, as_lookup, normalize_ip
+from kubectl_zsniff.zeek.select import RowSelection
 
 LogFormat = Literal["tsv", "json"]
 
@@ -88,6 +89,8 @@ class FileSummary:
     bad_lines: int = 0  # rows left as they were because they do not parse
     added_fields: tuple[str, ...] = ()
     skipped: str | None = None  # why the file was not enriched
+    kept: int = 0  # rows the selection (the volume knob) kept...
+    dropped: int = 0  # ...and left out
 
     @property
     def enriched(self) -> bool:
@@ -200,10 +203,15 @@ def _split_eol(line: bytes) -> tuple[bytes, bytes]:
 class _Enricher:
     """Turns the lines of one log into enriched lines, keeping per-file statistics."""
 
-    def __init__(self, lookup: LookupFunc, columns: Columns, summary: FileSummary) -> None:
+    def __init__(self, lookup: LookupFunc, columns: Columns, summary: FileSummary,
+                 selection: RowSelection | None = None) -> None:
         self.lookup = lookup
         self.columns = columns
         self.summary = summary
+        self.selection = selection or RowSelection()
+        # A JSON log does not say which log it is: its file name does (conn.log -> conn).
+        self.file_path = summary.path.name.split(".", 1)[0]
+        self.tsv_path: str | None = None
         self.reasons: list[str] = []  # why blocks were left alone
         self.changed = False
         self.workload_seen = False
@@ -219,6 +227,17 @@ class _Enricher:
         if name is not None and name.workload:
             self.workload_seen = True
         return name
+
+    def _selected(self, path: str | None, endpoints: bool, orig: PodName | None,
+                  resp: PodName | None) -> bool:
+        if self.selection.everything:
+            return True
+        kept = self.selection.keeps(path, endpoints, orig, resp)
+        if kept:
+            self.summary.kept += 1
+        else:
+            self.summary.dropped += 1
+        return kept
 
     def _names(
         self, orig: object, resp: object, ts: float | None
@@ -248,15 +267,20 @@ class _Enricher:
                 self.summary.bad_lines += 1
                 yield line
                 continue
+            path = obj["_path"] if isinstance(obj.get("_path"), str) else self.file_path
             if ORIG_H not in obj and RESP_H not in obj:
                 self._reason(f"no {ORIG_H}/{RESP_H} fields")
-                yield line
+                if self._selected(path, False, None, None):
+                    yield line
                 continue
             if new_keys & obj.keys():
                 self._reason("already enriched (has orig_pod)")
-                yield line
+                if self._selected(path, True, None, None):
+                    yield line
                 continue
             orig, resp = self._names(obj.get(ORIG_H), obj.get(RESP_H), _parse_ts(obj.get("ts")))
+            if not self._selected(path, True, orig, resp):
+                continue
             # Zeek omits unset fields in JSON, so unknown names add no key at all.
             cols = self.columns
             values = zip(cols.names(), cols.values(orig, resp), strict=True)
@@ -285,7 +309,9 @@ class _Enricher:
                 block = self._header_group(group, header, block)
                 yield from group
                 group = []
-            yield self._tsv_row(line, header, block)
+            row = self._tsv_row(line, header, block)
+            if row is not None:
+                yield row
         if group:
             self._header_group(group, header, block)
             yield from group
@@ -328,6 +354,7 @@ class _Enricher:
             return block
         if set(NEW_FIELDS_ALL) & set(fields):
             self._reason("already enriched (has orig_pod)")
+            block.orig = fields.index(ORIG_H)  # a flow still, for the selection
             return block
         block.active = True
         block.orig = fields.index(ORIG_H)
@@ -335,7 +362,10 @@ class _Enricher:
         block.ts = fields.index("ts") if "ts" in fields else -1
         return block
 
-    def _tsv_row(self, line: bytes, header: TsvHeader, block: _TsvBlock | None) -> bytes:
+    def _tsv_row(
+        self, line: bytes, header: TsvHeader, block: _TsvBlock | None
+    ) -> bytes | None:
+        """The row enriched; None when the selection leaves it out."""
         body, eol = _split_eol(line)
         if not body:
             return line
@@ -344,7 +374,7 @@ class _Enricher:
             self.summary.bad_lines += 1  # a row before any #fields: nothing describes it
             return line
         if not block.active:
-            return line
+            return line if self._selected(header.path, block.orig >= 0, None, None) else None
         cells = body.split(header.separator)
         if len(cells) != block.width:
             self.summary.bad_lines += 1
@@ -353,6 +383,8 @@ class _Enricher:
         orig, resp = self._names(
             self._addr(cells[block.orig], header), self._addr(cells[block.resp], header), ts
         )
+        if not self._selected(header.path, True, orig, resp):
+            return None
         new = self.columns.values(orig, resp)
         sep = header.separator
         return body + sep + sep.join(escape_tsv(v, header) for v in new) + eol
@@ -420,12 +452,14 @@ def enrich_lines(
     namemap: NameSource,
     summary: FileSummary,
     columns: Columns,
+    selection: RowSelection | None = None,
 ) -> Iterator[bytes]:
-    """Enrich a stream of log lines (with their line endings); fills `summary` as it goes."""
+    """Enrich a stream of log lines (with their line endings); fills `summary` as it goes.
+    Rows the `selection` leaves out are not yielded."""
     it = iter(lines)
     fmt, head = _peek_format(it)
     summary.format = fmt
-    enricher = _Enricher(as_lookup(namemap), columns, summary)
+    enricher = _Enricher(as_lookup(namemap), columns, summary, selection)
     all_lines = _chain(head, it)
     if fmt is None:
         summary.skipped = "not a Zeek log (no #fields header, no JSON objects)"
@@ -476,6 +510,11 @@ def _workloads_known(lines: Iterable[bytes], namemap: NameSource, namespace: boo
     return probe.workload_seen
 
 
+def open_log(path: Path) -> IO[bytes]:
+    """A log for reading, gunzipped when it is gzipped."""
+    return _open_log(path)
+
+
 def _open_log(path: Path) -> IO[bytes]:
     if _is_gzip(path):
         return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
@@ -494,6 +533,7 @@ def enrich_file(
     *,
     with_workload: bool | None = None,
     namespace: bool = True,
+    selection: RowSelection | None = None,
 ) -> FileSummary:
     """Enrich one log, in place (atomically, permissions kept) or into `output`.
 
@@ -522,9 +562,9 @@ def enrich_file(
             write: Callable[[bytes], object] = raw.write
             if gz:
                 write = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb")).write
-            for chunk in enrich_lines(fh, namemap, summary, columns):
+            for chunk in enrich_lines(fh, namemap, summary, columns, selection):
                 write(chunk)
-        if summary.skipped is not None:
+        if summary.skipped is not None and not summary.dropped:
             tmp.unlink()
             if dst != src and summary.format is not None:
                 shutil.copyfile(src, dst)
@@ -570,6 +610,7 @@ def enrich_directory(
     suffix: str | Sequence[str] = LOG_SUFFIXES,
     with_workload: bool | None = None,
     namespace: bool = True,
+    selection: RowSelection | None = None,
 ) -> list[FileSummary]:
     """Enrich every log directly in `directory` whose name ends with `suffix` (one or several).
 
@@ -591,8 +632,10 @@ def enrich_directory(
             None if out_dir is None else out_dir / p.name,
             with_workload=with_workload,
             namespace=namespace,
+            selection=selection,
         )
         for p in names
+        if selection is None or selection.wants_log(p.name.split(".", 1)[0])
     ]
 
 
@@ -611,6 +654,7 @@ def enrich_paths(
     *,
     with_workload: bool | None = None,
     namespace: bool = True,
+    selection: RowSelection | None = None,
 ) -> list[FileSummary]:
     """The offline `enrich` command: files and directories of logs made elsewhere.
 
@@ -626,12 +670,18 @@ def enrich_paths(
         if p.is_dir():
             sub = None if out_dir is None else out_dir / p.name
             results += enrich_directory(
-                p, namemap, output_dir=sub, with_workload=with_workload, namespace=namespace
+                p, namemap, output_dir=sub, with_workload=with_workload, namespace=namespace,
+                selection=selection,
             )
+        elif p.is_file() and selection is not None and not selection.wants_log(
+            p.name.split(".", 1)[0]
+        ):
+            continue  # a log the selection does not want is left as it is, not emptied
         elif p.is_file():
             dst = None if out_dir is None else out_dir / p.name
             results.append(
-                enrich_file(p, namemap, dst, with_workload=with_workload, namespace=namespace)
+                enrich_file(p, namemap, dst, with_workload=with_workload, namespace=namespace,
+                            selection=selection)
             )
         else:
             results.append(FileSummary(p, skipped="no such file or directory"))

@@ -21,6 +21,8 @@ import os
 import struct
 import sys
 import time
+from pathlib import Path
+from typing import IO
 
 FLUSH_SECONDS = 1.0
 
@@ -75,11 +77,11 @@ class _Stdin:
 
 
 def main() -> int:
-    open("argv.json", "w").write(json.dumps(sys.argv[1:]))
+    Path("argv.json").write_text(json.dumps(sys.argv[1:]))
     time.sleep(float(os.environ.get("ZEEK_STANDIN_DELAY", "0")))
     stdin = _Stdin(float(os.environ.get("ZEEK_STANDIN_READ_PAUSE", "0")))
-    received = open("received.pcap", "wb")
-    open("packet_filter.log", "w").write("#fields\tts\tnode\tfilter\n")
+    received = open("received.pcap", "wb")  # noqa: SIM115 - written record by record
+    Path("packet_filter.log").write_text("#fields\tts\tnode\tfilter\n")
     header = stdin.take(24)
     if header is None:
         print("fatal error: failed to read a pcap header", file=sys.stderr)
@@ -88,7 +90,7 @@ def main() -> int:
     endian = "<" if header[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
     nanos = header[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
     baseline = os.environ["ZEEK_STANDIN_BASELINE"]
-    lines = [line for line in open(baseline) if line.startswith("#")]
+    lines = [x for x in Path(baseline).read_text().splitlines(True) if x.startswith("#")]
     head = [line for line in lines if not line.startswith("#close")]
     fields = next(x for x in head if x.startswith("#fields")).rstrip("\n").split("\t")[1:]
     pending: list[str] = []  # rows not yet flushed (Zeek's buffering)
@@ -141,8 +143,8 @@ def main() -> int:
     return 0
 
 
-def _open_log(head: list[str]):  # type: ignore[no-untyped-def]
-    log = open("conn.log", "w")
+def _open_log(head: list[str]) -> IO[str]:
+    log = open("conn.log", "w")  # noqa: SIM115 - appended to as rows come
     log.writelines(head)
     log.flush()
     return log

@@ -1,0 +1,63 @@
+"""Where the JSON lines go: a file a shipper tails, or standard output piped into one.
+
+Whole lines only: every write is a batch of complete lines, written to the end before the next
+(a pipe write may be partial), so the output never ends inside a line between writes and a
+reader that takes lines as they come never sees half of one. A new file is created 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.sinks import ReaderClosed
+from kubectl_zsniff.sinks.file import open_private, refuse_overwrite
+
+
+class JsonLinesOutput:
+    def __init__(self, target: str, *, flag: str = "--json", force: bool = False) -> None:
+        self.target = target
+        self.flag = flag
+        self.lines = 0
+        self._lock = threading.Lock()  # the live stream writes from several log tailers
+        self._file = None
+        if target == "-":
+            self._fd = 1
+            self.where = "standard output"
+        else:
+            path = Path(target)
+            refuse_overwrite(path, force, instead=f"give {flag} another file")
+            self._file = open_private(path, buffering=0, flag=flag)
+            self._fd = self._file.fileno()
+            self.where = str(path)
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        view = memoryview(data)
+        with self._lock:
+            try:
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ReaderClosed(f"the reader of the {self.flag} stream went away") from exc
+            except OSError as exc:
+                raise ZsniffError(
+                    f"cannot write the {self.flag} stream to {self.where}: "
+                    f"{exc.strerror or exc}",
+                    "check free space and permissions, or give another file",
+                    ExitStatus.OUTPUT_ERROR,
+                ) from exc
+            self.lines += data.count(b"\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
+__all__ = ["JsonLinesOutput"]
