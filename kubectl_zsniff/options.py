@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # A pinned, maintained, multi-arch (amd64, arm64) image that ships tcpdump and a POSIX shell.
 # netshoot is the image the Kubernetes community reaches for in `kubectl debug`; pinning the tag
@@ -18,6 +19,9 @@ DEFAULT_SNAPLEN = 262144
 # burst while tcpdump waits for CPU (a BestEffort pod gets cpu.shares 2 on a busy node)
 # overflowed it on the real cluster, 125-134 of ~380 packets dropped; 8 MiB dropped none.
 DEFAULT_BUFFER_KIB = 8192
+
+if TYPE_CHECKING:
+    from kubectl_zsniff.zeek.select import RowSelection
 
 
 class OutputFormat(str, Enum):
@@ -98,6 +102,12 @@ class OutputOptions:
     zeek_scripts: tuple[str, ...] = ()
     view: bool = False
     force: bool = False  # overwrite an existing, non-empty regular file
+    zeek_json: str | None = None  # --zeek-json FILE, or "-" for standard output
+    zeek_selection: RowSelection | None = None  # --zeek-logs / --zeek-only
+
+    @property
+    def zeek(self) -> bool:
+        return self.zeek_dir is not None or self.zeek_json is not None
 
     @property
     def to_stdout(self) -> bool:

@@ -50,7 +50,7 @@ def check_tools(opts: CaptureOptions) -> None:
         from kubectl_zsniff.sinks.wireshark import find_wireshark
 
         find_wireshark(out.wireshark_path)
-    if out.zeek_dir is not None:
+    if out.zeek:
         from kubectl_zsniff.sinks.zeek import find_zeek
 
         find_zeek()
@@ -61,8 +61,9 @@ def check_tools(opts: CaptureOptions) -> None:
 
 
 def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
-               stdout: BinaryIO | None = None) -> list[Sink]:
-    """The sinks the options ask for; `stdout` is where `-w -` writes (the caller's stream)."""
+               stdout: BinaryIO | None = None, context: str | None = None) -> list[Sink]:
+    """The sinks the options ask for; `stdout` is where `-w -` writes (the caller's stream);
+    `context`, the kubectl context, goes on every row of the --zeek-json stream."""
     out = opts.output
     sinks: list[Sink] = []
     try:
@@ -81,10 +82,15 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
             from kubectl_zsniff.sinks.wireshark import WiresharkSink
 
             sinks.append(WiresharkSink(title, out.wireshark_path))
-        if out.zeek_dir is not None:
+        if out.zeek:
             from kubectl_zsniff.sinks.zeek import ZeekSink
 
-            zeek = ZeekSink(out.zeek_dir, book, extra_args=list(out.zeek_scripts))
+            # Workload columns when the cluster names any workload, as the offline `enrich`
+            # decides for the same names: the finished logs then equal its output.
+            workloads = book is not None and any(n.workload for n in book.current().values())
+            zeek = ZeekSink(out.zeek_dir, book, extra_args=list(out.zeek_scripts),
+                            json_target=out.zeek_json, selection=out.zeek_selection,
+                            context=context, workload_columns=workloads)
             zeek.start()
             sinks.append(zeek)
         if out.view:
@@ -144,7 +150,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]
     many = len(targets) > 1
-    if many and opts.output.zeek_dir is not None:
+    if many and opts.output.zeek:
         # Each captured pod's stream carries the packets it sent and received: those between
         # two captured pods come twice. Dropping the copies is the pipeline's dedup (not yet).
         reporter.progress(
@@ -166,7 +172,8 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     file_sink: FileSink | None = None
     wrote_anything = False
     try:
-        sinks = open_sinks(opts, _title(infos, target.selector), book, stdout)
+        sinks = open_sinks(opts, _title(infos, target.selector), book, stdout,
+                           kube.context_name)
         file_sink = next((s for s in sinks if isinstance(s, FileSink)), None)
         containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
         if watcher is not None:

@@ -291,6 +291,13 @@ def _kube_options(func: Any) -> Any:
     help="Run local Zeek on the stream; logs (named) in DIR.",
 )
 @click.option("--zeek-script", multiple=True, help="Extra Zeek script or option (repeatable).")
+@click.option("--zeek-json", metavar="FILE|-", default=None,
+              help="Zeek's rows as one JSON-lines stream (with pod names) for a SIEM shipper.")
+@click.option("--zeek-logs", metavar="conn,dns,...", default=None,
+              help="Only these Zeek logs in DIR and the stream.")
+@click.option("--zeek-only", multiple=True, metavar="RULE",
+              help="Only flows matching RULE (repeatable, any may match): leaves-namespace, "
+              "unknown, workload=NAME, namespace=NS.")
 @click.option("--view", is_flag=True, help="Show packets in the terminal with pod names.")
 @click.option("--no-names", is_flag=True, help="Do not look up pod, service and node names.")
 @click.option(
@@ -428,7 +435,12 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     write = kw["write_path"] or kw["write_path_alias"]
     path = Path(write) if write else None
     zeek_dir = Path(kw["zeek_dir"]) if kw["zeek_dir"] else None
-    if path is None and not (kw["wireshark"] or zeek_dir or kw["view"]):
+    zeek_json = kw["zeek_json"]
+    if (kw["zeek_logs"] or kw["zeek_only"]) and not (zeek_dir or zeek_json):
+        raise click.UsageError("--zeek-logs and --zeek-only choose Zeek's rows: add --zeek DIR "
+                               "or --zeek-json FILE|-")
+    zeek_selection = _selection(kw["zeek_logs"], kw["zeek_only"], "--zeek-logs", "--zeek-only")
+    if path is None and not (kw["wireshark"] or zeek_dir or zeek_json or kw["view"]):
         # Nothing asked: a pipe gets the stream, a terminal gets a file named after the pod.
         if sys.stdout is None or not sys.stdout.isatty():
             path = Path("-")
@@ -445,6 +457,9 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     if kw["force"] and (path is None or str(path) == "-"):
         raise click.UsageError("--force overwrites an existing -w FILE: it needs -w FILE")
     fmt = output_format_for(path, OutputFormat(kw["fmt"]) if kw["fmt"] else None)
+    if zeek_json == "-" and path is not None and str(path) == "-":
+        raise click.UsageError("standard output can carry the capture (-w -) or Zeek's JSON "
+                               "(--zeek-json -), not both: send one to a file")
     if kw["view"] and path is not None and str(path) == "-":
         raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
     return CaptureOptions(
@@ -470,6 +485,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             tuple(kw["zeek_script"]),
             kw["view"],
             kw["force"],
+            zeek_json,
+            zeek_selection,
         ),
         names=not kw["no_names"],
     )

@@ -145,5 +145,12 @@ def _sink_result_text(label: str, result: Any) -> str:
     if hasattr(result, "returncode") and hasattr(result, "files"):
         files = result.files
         named = ", ".join(getattr(f, "path", Path(str(f))).name for f in files) or "no logs"
-        return f"{label} logs in {result.directory}: {named}"
+        text = f"{label} logs in {result.directory}: {named}"
+        if getattr(result, "json_lines", None) is not None:
+            text = (f"{label}: {plural(result.json_lines, 'JSON line')} to {result.json_to}"
+                    + (f"; {text}" if files else ""))
+        counts = getattr(result, "counts", None)
+        if counts is not None:
+            text += f" (rows kept/dropped: {counts.text() or 'none'})"
+        return text
     return f"{label}: {result}"

@@ -1,4 +1,9 @@
-"""Zeek run locally on the live capture stream; its logs get pod names when the capture ends."""
+"""Zeek run locally on the live capture stream; its logs get pod names as Zeek writes them.
+
+Zeek writes in DIR/raw/ (untouched); DIR gets each log named, row by row while Zeek writes
+(zeek/tail.py), and the JSON-lines stream (--zeek-json) gets the same rows. Without names
+(--no-names) Zeek writes in DIR itself.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +19,13 @@ from pathlib import Path
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.names.map import NameSource
+from kubectl_zsniff.sinks import ReaderClosed
 from kubectl_zsniff.sinks.feeder import FeederClosed, PipeFeeder
 from kubectl_zsniff.sinks.file import open_private
-from kubectl_zsniff.zeek.logs import FileSummary, enrich_directory
+from kubectl_zsniff.zeek.jsonout import JsonLinesOutput
+from kubectl_zsniff.zeek.logs import Columns, FileSummary
+from kubectl_zsniff.zeek.select import LogCounts, RowSelection, SelectionCounts
+from kubectl_zsniff.zeek.tail import LogTailer
 
 # Where Zeek's own packages and source builds install it; neither is on PATH by default.
 ZEEK_DIRS: tuple[str, ...] = ("/usr/local/zeek/bin", "/opt/zeek/bin")
@@ -27,6 +37,7 @@ INSTALL_HINT = (
 )
 
 STDOUT_NAME = "zeek.stdout"
+RAW_DIR = "raw"  # Zeek's own logs, as it wrote them
 STDERR_NAME = "zeek.stderr"
 
 
@@ -105,6 +116,9 @@ class ZeekSummary:
     returncode: int | None
     bytes_written: int
     files: list[FileSummary] = field(default_factory=list)
+    json_lines: int | None = None  # lines of the --zeek-json stream (None: no stream)
+    json_to: str | None = None
+    counts: SelectionCounts | None = None  # kept/dropped rows per log, with a selection
 
 
 def _tail(path: Path, limit: int = 2000) -> str:
@@ -127,16 +141,34 @@ class ZeekSink:
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        directory: str | os.PathLike[str] | None,
         namemap: NameSource | None = None,
         *,
         extra_args: Sequence[str] = (),
         executable: str | None = None,
         wait_timeout: float = 120.0,
         fmt: str = "pcap",
+        json_target: str | None = None,
+        selection: RowSelection | None = None,
+        context: str | None = None,
+        workload_columns: bool | None = None,
     ) -> None:
+        # No folder asked for (only --zeek-json): Zeek works in a private one, removed after.
+        self._scratch = directory is None
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="zsniff-zeek-")
         self.directory = Path(directory)
         self.namemap = namemap
+        self.json_target = json_target
+        self.selection = selection
+        self.context = context
+        if workload_columns is None:
+            provides = getattr(namemap, "provides_workload", None)
+            workload_columns = bool(provides) if isinstance(provides, bool) else False
+        # Fixed before Zeek writes a line: every row of a TSV log must match its #fields.
+        self.columns = Columns(True, workload_columns)
+        self._json_out: JsonLinesOutput | None = None
+        self._tailer: LogTailer | None = None
         self.wait_timeout = wait_timeout
         self.fmt = fmt
         # Resolved now so a missing Zeek fails before the capture starts, not after.
@@ -150,11 +182,19 @@ class ZeekSink:
     def stderr_path(self) -> Path:
         return self.directory / STDERR_NAME
 
+    @property
+    def raw_dir(self) -> Path:
+        """Where Zeek itself writes (its cwd)."""
+        return self.directory / RAW_DIR if self.namemap is not None else self.directory
+
     def start(self) -> None:
         if self._proc is not None:
             return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.raw_dir.mkdir(mode=0o700, exist_ok=True)
+            if self.json_target is not None and self._json_out is None:
+                self._json_out = JsonLinesOutput(self.json_target, flag="--zeek-json")
             with (
                 open_private(self.directory / STDOUT_NAME, 0) as out,
                 open_private(self.stderr_path, 0) as err,
@@ -163,7 +203,7 @@ class ZeekSink:
                 # lets Zeek finish the packets already sent and write complete logs.
                 self._proc = subprocess.Popen(
                     self.argv,
-                    cwd=self.directory,
+                    cwd=self.raw_dir,
                     stdin=subprocess.PIPE,
                     stdout=out,
                     stderr=err,
@@ -187,6 +227,14 @@ class ZeekSink:
         fd = os.dup(stdin.fileno())
         stdin.close()
         self._feeder = PipeFeeder(fd)
+        if self.namemap is not None or self._json_out is not None:
+            self._tailer = LogTailer(
+                self.raw_dir,
+                self.directory if self.namemap is not None and not self._scratch else None,
+                self.namemap, self.columns, json_out=self._json_out, context=self.context,
+                selection=self.selection,
+            )
+            self._tailer.start()
 
     def write(self, data: bytes | memoryview) -> None:
         if self._summary is not None:
@@ -250,8 +298,10 @@ class ZeekSink:
             feeder.abandon()
         summary.returncode = proc.returncode
         # Names go on whatever Zeek wrote even when it failed: partial logs still help.
-        if self.namemap is not None:
-            summary.files = enrich_directory(self.directory, self.namemap)
+        try:
+            self._finish_tail(summary)
+        finally:
+            self._cleanup()
         if timed_out:
             raise ZsniffError(
                 f"Zeek did not finish within {self.wait_timeout:g}s after the capture ended "
@@ -267,6 +317,44 @@ class ZeekSink:
             )
         return summary
 
+    def _finish_tail(self, summary: ZeekSummary) -> None:
+        tailer = self._tailer
+        if tailer is None:
+            return
+        self._tailer = None
+        try:
+            result = tailer.finish()
+        except ReaderClosed:
+            summary.json_to = self._json_out.where if self._json_out else None
+            raise
+        summary.files = result.files
+        if self._json_out is not None:
+            summary.json_lines = result.json_lines
+            summary.json_to = self._json_out.where
+        if self.selection is not None and not self.selection.everything:
+            counts = SelectionCounts()
+            if self._json_out is not None and result.json_stats is not None:
+                counts = result.json_stats.counts
+            else:
+                for f in result.files:
+                    name = f.path.name.split(".", 1)[0]
+                    entry = counts.logs.setdefault(name, LogCounts())
+                    entry.kept += f.kept
+                    entry.dropped += f.dropped
+            summary.counts = counts
+        if result.failures:
+            raise ZsniffError(
+                "naming Zeek's logs failed: " + "; ".join(result.failures),
+                f"the raw logs are in {self.raw_dir}; kubectl zsniff enrich can name them",
+                ExitStatus.OUTPUT_ERROR,
+            )
+
+    def _cleanup(self) -> None:
+        if self._json_out is not None:
+            self._json_out.close()
+        if self._scratch:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     def abort(self) -> None:
         """Stop Zeek at once without touching its logs (the capture itself failed)."""
         if self._proc is not None and self._proc.poll() is None:
@@ -274,5 +362,10 @@ class ZeekSink:
             self._proc.wait()
         if self._feeder is not None:
             self._feeder.abandon()
+        if self._tailer is not None:
+            with contextlib.suppress(Exception):
+                self._tailer.finish()
+            self._tailer = None
+        self._cleanup()
         code = self._proc.returncode if self._proc is not None else None
         self._summary = ZeekSummary(self.directory, code, self.bytes_written)

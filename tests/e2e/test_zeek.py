@@ -8,6 +8,7 @@ else is real: the CLI, the cluster, the traffic, the enrichment, and parsezeeklo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,10 +92,9 @@ def test_zeek_on_live_capture_with_stand_in_zeek_program(
     assert "Zeek logs in" in err
 
     # Zeek was run the way the README says, on tcpdump's classic pcap (one link type).
-    import json
-
-    assert json.loads((logs / "argv.json").read_text()) == ["-C", "-r", "-"]
-    assert (logs / "received.pcap").read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+    assert json.loads((logs / "raw" / "argv.json").read_text()) == ["-C", "-r", "-"]
+    magic = (logs / "raw" / "received.pcap").read_bytes()[:4]
+    assert magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
     records = list(ZeekLog(str(logs / "conn.log")))
     assert len(records) == 3
     for record in records:
@@ -173,9 +173,9 @@ def test_zeek_that_starts_late_and_reads_slowly_gets_whole_records_and_its_logs_
     finally:
         drop_pair(pair)
     assert capture.returncode == 130, err
-    records, torn = whole_pcap_records(logs / "received.pcap")
+    records, torn = whole_pcap_records(logs / "raw" / "received.pcap")
     assert torn == 0, f"the stream to Zeek ended inside a record ({torn} bytes): {err}"
-    assert records > 10 and (logs / "received.pcap").stat().st_size > 300_000, records
+    assert records > 10 and (logs / "raw" / "received.pcap").stat().st_size > 300_000, records
     rows = list(ZeekLog(str(logs / "conn.log")))
     assert len(rows) == 1, rows  # the one TCP SYN of the GET
     assert rows[0]["orig_pod"] == f"default/{pair.client}"
@@ -207,7 +207,7 @@ def test_zeek_refuses_a_folder_holding_logs_of_an_earlier_run(
     assert lines[1].startswith("hint: ") and "empty" in lines[1]
     assert "injected" not in done.stderr and "Traceback" not in done.stderr
     assert (logs / "dns.log").read_bytes() == old
-    assert not (logs / "argv.json").exists()  # Zeek was never started
+    assert not (logs / "raw").exists()  # Zeek was never started
 
 
 @pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
@@ -246,3 +246,78 @@ def test_zeek_on_two_talking_pods_warns_that_it_sees_their_packets_twice(
     warning = [line for line in err.splitlines() if "sees it twice" in line]
     assert len(warning) == 1 and warning[0].startswith("zsniff: warning: "), err
     assert "both ends" in warning[0] and "--zeek" in warning[0]
+
+
+def _data_rows(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [x for x in text.splitlines() if x and not x.startswith("#")]
+
+
+@pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
+def test_zeek_rows_are_named_while_the_capture_runs_and_end_as_the_offline_enrich(
+    cluster: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """The stand-in writes a conn.log row per echo request, held back and flushed once a second
+    as Zeek's writers do. Mid-capture, rows are already named in DIR and in the --zeek-json
+    stream; at the end DIR/conn.log is byte for byte what `enrich` makes of raw/conn.log."""
+    from tests.e2e.conftest import drop_pair, make_pair, wait_capture_live, wait_until
+
+    bindir = tmp_path / "bin"
+    install_stand_in(bindir)
+    pair = make_pair(cluster, prefix="zlive")
+    logs = tmp_path / "logs"
+    stream = tmp_path / "zeek.jsonl"
+    env = stand_in_env(kube_home, cluster.kubeconfig, bindir)
+    try:
+        capture = subprocess.Popen(
+            [*ZSNIFF, pair.web, "--zeek", str(logs), "--zeek-json", str(stream),
+             "--image", cluster.capture_image, "icmp"],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        wait_capture_live(cluster, "default", pair.web, proc=capture)
+        traffic = pair.traffic(icmp=1, families=(4,), seconds=30, pause=0.3)
+        try:
+            named = wait_until(
+                lambda: [r for r in _data_rows(logs / "conn.log") if f"default/{pair.web}" in r],
+                20, "a named conn.log row in DIR while capturing")
+            live_json = wait_until(lambda: stream.exists() and stream.read_text(), 10,
+                                   "a line in the --zeek-json stream while capturing")
+            assert capture.poll() is None  # all of this while the capture runs
+        finally:
+            traffic.kill()
+            traffic.wait()
+        assert named
+        first = json.loads(live_json.splitlines()[0])
+        assert first["_path"] == "conn" and first["resp_pod"] == f"default/{pair.web}"
+        assert first["orig_pod"] == f"default/{pair.client}"
+        capture.send_signal(2)
+        _, err = capture.communicate(timeout=120)
+        assert capture.returncode == 130, err
+        # The offline enrich of Zeek's raw log, with the cluster's names as they are now.
+        offline = tmp_path / "offline"
+        done = subprocess.run(
+            [*ZSNIFF, "enrich", str(logs / "raw" / "conn.log"), "-o", str(offline),
+             "--kubeconfig", str(cluster.kubeconfig)],
+            env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        drop_pair(pair)
+    final = (logs / "conn.log").read_bytes()
+    assert final == (offline / "conn.log").read_bytes()
+    rows = _data_rows(logs / "conn.log")
+    assert len(rows) >= 3 and final.endswith(b"#close\t1970-01-01-00-00-00\n")
+    lines = stream.read_bytes().splitlines()
+    assert len(lines) == len(rows)  # one JSON line per row, whole lines only
+    context = subprocess.run(
+        ["python", "-c", "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))"
+         "['current-context'])", str(cluster.kubeconfig)],
+        capture_output=True, text=True, check=True).stdout.strip()
+    for line in lines:
+        obj = json.loads(line)
+        assert obj["_path"] == "conn" and obj["k8s_context"] == context
+        assert obj["resp_pod"] == f"default/{pair.web}" and obj["resp_namespace"] == "default"
+        assert obj["resp_kind"] == "pod"
+    assert "JSON lines to" in err

@@ -126,7 +126,9 @@ def test_zeek_sink_with_stand_in_zeek_program_feeds_every_byte_and_names_the_log
     run = json.loads(stand_in.read_text())
     assert run["argv"][1:] == ["-C", "-r", "-", "local", "-e", "redef Site::local_nets += {};"]
     assert Path(run["argv"][0]) == tmp_path / "bin" / "zeek"
-    assert Path(run["cwd"]) == out
+    # Zeek works in raw/ and its logs stay there as it wrote them; DIR gets them named.
+    assert Path(run["cwd"]) == out / "raw"
+    assert (out / "raw" / "conn.log").read_bytes() == log.read_bytes()
     assert run["size"] == len(data) and run["sha256"] == hashlib.sha256(data).hexdigest()
     assert summary.returncode == 0 and summary.bytes_written == len(data)
     assert (out / "zeek.stdout").read_text() == "stand-in zeek: done\n"
@@ -134,6 +136,7 @@ def test_zeek_sink_with_stand_in_zeek_program_feeds_every_byte_and_names_the_log
     for path in (out / "conn.log", out / "zeek.stdout", out / "zeek.stderr"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "raw").stat().st_mode) == 0o700
 
     (conn,) = [f for f in summary.files if f.path.name == "conn.log"]
     assert conn.skipped is None and conn.rows > 0
