@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.sinks import ReaderClosed
+from kubectl_zsniff.sinks import PipeWriter, ReaderClosed
 from kubectl_zsniff.sinks.file import open_private, refuse_overwrite
 
 
@@ -24,9 +24,12 @@ class JsonLinesOutput:
         self.lines = 0
         self._lock = threading.Lock()  # the live stream writes from several log tailers
         self._file = None
+        self._pipe: PipeWriter | None = None
         if target == "-":
             self._fd = 1
             self.where = "standard output"
+            # A shipper that stops reading holds the capture only until it is stopping.
+            self._pipe = PipeWriter(1, f"the reader of the {flag} stream")
         else:
             path = Path(target)
             refuse_overwrite(path, force, instead=f"give {flag} another file")
@@ -40,7 +43,9 @@ class JsonLinesOutput:
         view = memoryview(data)
         with self._lock:
             try:
-                while view:
+                if self._pipe is not None:
+                    self._pipe.write(view)
+                while self._pipe is None and view:
                     view = view[os.write(self._fd, view):]
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise ReaderClosed(f"the reader of the {self.flag} stream went away") from exc
@@ -53,7 +58,14 @@ class JsonLinesOutput:
                 ) from exc
             self.lines += data.count(b"\n")
 
+    def stopping(self) -> None:
+        if self._pipe is not None:
+            self._pipe.stopping()
+
     def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.restore()
+            self._pipe = None
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.names.map import NameSource, as_lookup
 from kubectl_zsniff.sinks.file import open_private
 from kubectl_zsniff.zeek.jsonl import JsonRows, JsonStats, path_of_file
@@ -75,11 +76,16 @@ class _LogTail:
         if self.thread is not None:
             for line in lines:
                 self.lines.put(line)
-        if self.json is not None:
+        if self.json is not None and self.tailer.json_failure is None:
             batch = [out for line in lines if (out := self.json.feed(line)) is not None]
             if batch:
                 assert self.tailer.json_out is not None
-                self.tailer.json_out.write(b"".join(batch))
+                try:
+                    self.tailer.json_out.write(b"".join(batch))
+                except ZsniffError as exc:
+                    # The stream's reader went away (or its disk is full): the named logs
+                    # in DIR go on; the failure is reported when Zeek is done.
+                    self.tailer.json_failure = exc
 
     def _incoming(self) -> Iterator[bytes]:
         while True:
@@ -155,6 +161,7 @@ class LogTailer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
+        self.json_failure: ZsniffError | None = None
         self._thread = threading.Thread(target=self._run, name="zeek-tail", daemon=True)
 
     def start(self) -> None:
@@ -184,6 +191,8 @@ class LogTailer:
     def finish(self) -> TailResult:
         """Zeek has exited: the rest of every log, then close everything."""
         self._stop.set()
+        if self.json_out is not None:
+            self.json_out.stopping()  # a reader that takes nothing now is given up
         if self._thread.is_alive():
             self._thread.join()
         result = TailResult(json_stats=self.json_stats)
@@ -204,6 +213,8 @@ class LogTailer:
             result.json_lines = self.json_out.lines
         if failure is not None:
             raise failure
+        if self.json_failure is not None:
+            raise self.json_failure
         return result
 
 
