@@ -24,7 +24,7 @@ from kubectl_zsniff.sinks.feeder import FeederClosed, PipeFeeder
 from kubectl_zsniff.sinks.file import open_private
 from kubectl_zsniff.zeek.jsonout import JsonLinesOutput
 from kubectl_zsniff.zeek.logs import Columns, FileSummary
-from kubectl_zsniff.zeek.select import LogCounts, RowSelection, SelectionCounts
+from kubectl_zsniff.zeek.select import RowSelection, SelectionCounts
 from kubectl_zsniff.zeek.tail import LogTailer
 
 # Where Zeek's own packages and source builds install it; neither is on PATH by default.
@@ -332,16 +332,7 @@ class ZeekSink:
             summary.json_lines = result.json_lines
             summary.json_to = self._json_out.where
         if self.selection is not None and not self.selection.everything:
-            counts = SelectionCounts()
-            if self._json_out is not None and result.json_stats is not None:
-                counts = result.json_stats.counts
-            else:
-                for f in result.files:
-                    name = f.path.name.split(".", 1)[0]
-                    entry = counts.logs.setdefault(name, LogCounts())
-                    entry.kept += f.kept
-                    entry.dropped += f.dropped
-            summary.counts = counts
+            summary.counts = result.json_stats.counts if result.json_stats else None
         if result.failures:
             raise ZsniffError(
                 "naming Zeek's logs failed: " + "; ".join(result.failures),

@@ -48,7 +48,9 @@ class _LogTail:
         self.failure: BaseException | None = None
         path = path_of_file(name)
         wanted = tailer.selection is None or tailer.selection.wants_log(path)
-        if tailer.json_out is not None and wanted:
+        # With a selection the rows are read even when no stream wants them: the summary
+        # counts what was kept and dropped of every log.
+        if tailer.json_out is not None or tailer.selection is not None:
             self.json = JsonRows(as_lookup(tailer.namemap) if tailer.namemap else None, path,
                                  tailer.context, tailer.selection, tailer.json_stats)
         if tailer.out_dir is not None and wanted:
@@ -78,8 +80,7 @@ class _LogTail:
                 self.lines.put(line)
         if self.json is not None and self.tailer.json_failure is None:
             batch = [out for line in lines if (out := self.json.feed(line)) is not None]
-            if batch:
-                assert self.tailer.json_out is not None
+            if batch and self.tailer.json_out is not None:
                 try:
                     self.tailer.json_out.write(b"".join(batch))
                 except ZsniffError as exc:

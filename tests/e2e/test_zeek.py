@@ -283,15 +283,16 @@ def test_zeek_rows_are_named_while_the_capture_runs_and_end_as_the_offline_enric
             named = wait_until(
                 lambda: [r for r in _data_rows(logs / "conn.log") if f"default/{pair.web}" in r],
                 20, "a named conn.log row in DIR while capturing")
-            live_json = wait_until(lambda: stream.exists() and stream.read_text(), 10,
-                                   "a line in the --zeek-json stream while capturing")
+            live_json = wait_until(
+                lambda: [x for x in stream.read_text().splitlines() if '"_path":"conn"' in x]
+                if stream.exists() else [], 10, "a conn row in the --zeek-json stream")
             assert capture.poll() is None  # all of this while the capture runs
         finally:
             traffic.kill()
             traffic.wait()
         assert named
-        first = json.loads(live_json.splitlines()[0])
-        assert first["_path"] == "conn" and first["resp_pod"] == f"default/{pair.web}"
+        first = json.loads(live_json[0])
+        assert first["resp_pod"] == f"default/{pair.web}"
         assert first["orig_pod"] == f"default/{pair.client}"
         capture.send_signal(2)
         _, err = capture.communicate(timeout=120)
@@ -309,15 +310,62 @@ def test_zeek_rows_are_named_while_the_capture_runs_and_end_as_the_offline_enric
     assert final == (offline / "conn.log").read_bytes()
     rows = _data_rows(logs / "conn.log")
     assert len(rows) >= 3 and final.endswith(b"#close\t1970-01-01-00-00-00\n")
-    lines = stream.read_bytes().splitlines()
-    assert len(lines) == len(rows)  # one JSON line per row, whole lines only
+    assert stream.read_bytes().endswith(b"\n")  # whole lines only
+    every = [json.loads(x) for x in stream.read_bytes().splitlines()]
+    assert [o["_path"] for o in every if o["_path"] != "conn"] == ["packet_filter"]
+    lines = [o for o in every if o["_path"] == "conn"]
+    assert len(lines) == len(rows)  # one JSON line per row
     context = subprocess.run(
         ["python", "-c", "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))"
          "['current-context'])", str(cluster.kubeconfig)],
         capture_output=True, text=True, check=True).stdout.strip()
-    for line in lines:
-        obj = json.loads(line)
-        assert obj["_path"] == "conn" and obj["k8s_context"] == context
+    for obj in lines:
+        assert obj["k8s_context"] == context
         assert obj["resp_pod"] == f"default/{pair.web}" and obj["resp_namespace"] == "default"
         assert obj["resp_kind"] == "pod"
     assert "JSON lines to" in err
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (scripts/setup)")
+@pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
+def test_zeek_json_on_stdout_piped_into_jq_with_a_log_choice_and_no_folder_left(
+    cluster: Any, kube_home: Path, tmp_path: Path
+) -> None:
+    """`--zeek-json - | jq -c`: no --zeek DIR, so Zeek works in a private folder that is gone
+    afterwards; --zeek-logs leaves out what is not asked for, and the summary counts it."""
+    from tests.e2e.conftest import drop_pair, make_pair, wait_capture_live
+
+    bindir = tmp_path / "bin"
+    install_stand_in(bindir)
+    pair = make_pair(cluster, prefix="zjq")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = stand_in_env(kube_home, cluster.kubeconfig, bindir, TMPDIR=str(scratch))
+    try:
+        capture = subprocess.Popen(
+            [*ZSNIFF, pair.web, "--zeek-json", "-", "--zeek-logs", "conn",
+             "--image", cluster.capture_image, "icmp"],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        jq = subprocess.Popen(["jq", "-c", "{p: ._path, o: .orig_pod, r: .resp_pod}"],
+                              stdin=capture.stdout, stdout=subprocess.PIPE)
+        assert capture.stdout is not None
+        capture.stdout.close()  # jq holds the pipe now
+        wait_capture_live(cluster, "default", pair.web, proc=capture)
+        assert len(list(scratch.glob("zsniff-zeek-*"))) == 1  # where Zeek works meanwhile
+        pair.run_traffic(icmp=2, families=(4,))
+        time.sleep(0.5)
+        capture.send_signal(2)
+        _, err_bytes = capture.communicate(timeout=120)
+        out, _ = jq.communicate(timeout=30)
+    finally:
+        drop_pair(pair)
+    err = err_bytes.decode()
+    assert capture.returncode == 130, err
+    assert jq.returncode == 0
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert rows == [{"p": "conn", "o": f"default/{pair.client}", "r": f"default/{pair.web}"}] * 2
+    assert "2 JSON lines to standard output" in err
+    # packet_filter.log is Zeek's too, and was not asked for.
+    assert "conn 2 kept" in err and "packet_filter 0 kept, 1 dropped" in err
+    assert list(scratch.glob("zsniff-zeek-*")) == []  # Zeek's private folder is removed

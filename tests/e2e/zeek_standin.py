@@ -81,7 +81,10 @@ def main() -> int:
     time.sleep(float(os.environ.get("ZEEK_STANDIN_DELAY", "0")))
     stdin = _Stdin(float(os.environ.get("ZEEK_STANDIN_READ_PAUSE", "0")))
     received = open("received.pcap", "wb")  # noqa: SIM115 - written record by record
-    Path("packet_filter.log").write_text("#fields\tts\tnode\tfilter\n")
+    # Zeek's packet_filter.log: one row, no connection fields.
+    Path("packet_filter.log").write_text(
+        "#separator \\x09\n#path\tpacket_filter\n#fields\tts\tnode\tfilter\tinit\tsuccess\n"
+        "#types\ttime\tstring\tstring\tbool\tbool\n0.000000\tzeek\tip or not ip\tT\tT\n")
     header = stdin.take(24)
     if header is None:
         print("fatal error: failed to read a pcap header", file=sys.stderr)
