@@ -64,7 +64,8 @@ def test_a_pending_pod_without_status_is_described_not_crashed() -> None:
 
 
 def test_pod_names_name_the_workload_and_both_families() -> None:
-    owner = PodName("shop/web-7d4b9c6f5-x2x8q", "shop", "pod", "deployment/web")
+    # The node it runs on comes along (the JSON stream's orig_node/resp_node).
+    owner = PodName("shop/web-7d4b9c6f5-x2x8q", "shop", "pod", "deployment/web", "node-a")
     assert pod_names(POD) == [("10.244.1.7", owner), ("fd00:10:244::a:7", owner)]
 
 
@@ -101,7 +102,7 @@ def test_node_names_keep_internal_and_external_addresses_only() -> None:
         {"type": "Hostname", "address": "node-a"},
         {"type": "ExternalIP", "address": "203.0.113.5"},
     ]}}
-    owner = PodName("node/node-a", None, "node", None)
+    owner = PodName("node/node-a", None, "node", None, "node-a")
     assert node_names(node) == [("10.0.0.2", owner), ("203.0.113.5", owner)]
 
 
