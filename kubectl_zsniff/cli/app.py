@@ -9,7 +9,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,6 +29,9 @@ from kubectl_zsniff.options import (
     TcpdumpOptions,
 )
 from kubectl_zsniff.words import plural
+
+if TYPE_CHECKING:
+    from kubectl_zsniff.names.map import PodName
 
 CAPTURE_EXAMPLES = """
 \b
@@ -597,26 +600,9 @@ def _enrich_to_json(logs: tuple[str, ...], namemap: Any, target: str, context: s
     return 0
 
 
-def _cluster_owners(kw: dict[str, Any], reporter: Any) -> tuple[dict[str, Any], str]:
+def _cluster_owners(kw: dict[str, Any], reporter: Any) -> tuple[dict[str, PodName], str]:
     """Every pod, service and node address of the cluster with what is known of its owner
     (workload, node), and the kubectl context they were read with."""
-    from kubectl_zsniff.kube.client import load_client
-    from kubectl_zsniff.names.book import NameBook
-
-    kube = load_client(
-        KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
-    )
-    book = NameBook()
-    missing = book.load(kube, kube.namespace)
-    if missing:
-        reporter.progress("names limited: not allowed to list " + ", ".join(missing))
-    return dict(book.current()), kube.context_name
-
-
-def _cluster_names(kw: dict[str, Any], reporter: Any,
-                   only_namespace: str | None = None) -> dict[str, str]:
-    """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
-    with `only_namespace`, that namespace's pods and services alone."""
     from kubectl_zsniff.kube.client import load_client
     from kubectl_zsniff.kube.namewatch import NameWatcher
     from kubectl_zsniff.names.book import NameBook
@@ -628,7 +614,15 @@ def _cluster_names(kw: dict[str, Any], reporter: Any,
     missing = NameWatcher(book, kube, kube.namespace).load()
     if missing:
         reporter.progress("names limited: not allowed to list " + ", ".join(missing))
-    return {ip: owner.name for ip, owner in book.current().items()
+    return book.current(), kube.context_name
+
+
+def _cluster_names(kw: dict[str, Any], reporter: Any,
+                   only_namespace: str | None = None) -> dict[str, str]:
+    """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
+    with `only_namespace`, that namespace's pods and services alone."""
+    owners, _ = _cluster_owners(kw, reporter)
+    return {ip: owner.name for ip, owner in owners.items()
             if only_namespace is None or owner.namespace == only_namespace}
 
 
