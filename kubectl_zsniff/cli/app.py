@@ -575,8 +575,8 @@ def _selection(logs: str | None, flows: tuple[str, ...], logs_flag: str,
 def _enrich_to_json(logs: tuple[str, ...], namemap: Any, target: str, context: str | None,
                     selection: Any, reporter: Any) -> int:
     from kubectl_zsniff.names.map import as_lookup
+    from kubectl_zsniff.sinks.jsonlines import JsonLinesOutput
     from kubectl_zsniff.zeek.jsonl import logs_to_json
-    from kubectl_zsniff.zeek.jsonout import JsonLinesOutput
 
     out = JsonLinesOutput(target)
     try:

@@ -22,7 +22,7 @@ from kubectl_zsniff.names.map import NameSource
 from kubectl_zsniff.sinks import ReaderClosed
 from kubectl_zsniff.sinks.feeder import FeederClosed, PipeFeeder
 from kubectl_zsniff.sinks.file import open_private
-from kubectl_zsniff.zeek.jsonout import JsonLinesOutput
+from kubectl_zsniff.sinks.jsonlines import JsonLinesOutput
 from kubectl_zsniff.zeek.logs import Columns, FileSummary
 from kubectl_zsniff.zeek.select import RowSelection, SelectionCounts
 from kubectl_zsniff.zeek.tail import LogTailer
@@ -231,8 +231,10 @@ class ZeekSink:
             self._tailer = LogTailer(
                 self.raw_dir,
                 self.directory if self.namemap is not None and not self._scratch else None,
-                self.namemap, self.columns, json_out=self._json_out, context=self.context,
-                selection=self.selection,
+                self.namemap, self.columns,
+                open_copy=lambda path: open_private(path, 0, flag="--zeek"),
+                json_write=self._json_out.write if self._json_out is not None else None,
+                context=self.context, selection=self.selection,
             )
             self._tailer.start()
 
@@ -322,6 +324,8 @@ class ZeekSink:
         if tailer is None:
             return
         self._tailer = None
+        if self._json_out is not None:
+            self._json_out.stopping()  # Zeek is done: a reader that takes nothing is given up
         try:
             result = tailer.finish()
         except ReaderClosed:
@@ -329,7 +333,7 @@ class ZeekSink:
             raise
         summary.files = result.files
         if self._json_out is not None:
-            summary.json_lines = result.json_lines
+            summary.json_lines = self._json_out.lines
             summary.json_to = self._json_out.where
         if self.selection is not None and not self.selection.everything:
             summary.counts = result.json_stats.counts if result.json_stats else None

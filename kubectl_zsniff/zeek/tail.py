@@ -14,16 +14,14 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.names.map import NameSource, as_lookup
-from kubectl_zsniff.sinks.file import open_private
 from kubectl_zsniff.zeek.jsonl import JsonRows, JsonStats, path_of_file
-from kubectl_zsniff.zeek.jsonout import JsonLinesOutput
 from kubectl_zsniff.zeek.logs import Columns, FileSummary, enrich_lines, is_log_name
 from kubectl_zsniff.zeek.select import RowSelection
 
@@ -50,11 +48,11 @@ class _LogTail:
         wanted = tailer.selection is None or tailer.selection.wants_log(path)
         # With a selection the rows are read even when no stream wants them: the summary
         # counts what was kept and dropped of every log.
-        if tailer.json_out is not None or tailer.selection is not None:
+        if tailer.json_write is not None or tailer.selection is not None:
             self.json = JsonRows(as_lookup(tailer.namemap) if tailer.namemap else None, path,
                                  tailer.context, tailer.selection, tailer.json_stats)
-        if tailer.out_dir is not None and wanted:
-            self.out = open_private(tailer.out_dir / name, 0, flag="--zeek")
+        if tailer.out_dir is not None and tailer.open_copy is not None and wanted:
+            self.out = tailer.open_copy(tailer.out_dir / name)
             self.summary.output = tailer.out_dir / name
             self.thread = threading.Thread(target=self._enrich, name=f"zeek-{name}",
                                            daemon=True)
@@ -80,9 +78,9 @@ class _LogTail:
                 self.lines.put(line)
         if self.json is not None and self.tailer.json_failure is None:
             batch = [out for line in lines if (out := self.json.feed(line)) is not None]
-            if batch and self.tailer.json_out is not None:
+            if batch and self.tailer.json_write is not None:
                 try:
-                    self.tailer.json_out.write(b"".join(batch))
+                    self.tailer.json_write(b"".join(batch))
                 except ZsniffError as exc:
                     # The stream's reader went away (or its disk is full): the named logs
                     # in DIR go on; the failure is reported when Zeek is done.
@@ -131,7 +129,6 @@ def _no_names(ip: str, ts: float | None) -> None:
 @dataclass
 class TailResult:
     files: list[FileSummary] = field(default_factory=list)
-    json_lines: int = 0
     json_stats: JsonStats | None = None
     failures: list[str] = field(default_factory=list)
 
@@ -146,15 +143,19 @@ class LogTailer:
         namemap: NameSource | None,
         columns: Columns,
         *,
-        json_out: JsonLinesOutput | None = None,
+        open_copy: Callable[[Path], IO[bytes]] | None = None,
+        json_write: Callable[[bytes], object] | None = None,
         context: str | None = None,
         selection: RowSelection | None = None,
     ) -> None:
+        """`open_copy` creates a named log in `out_dir`; `json_write` takes whole JSON lines
+        (both from the caller: this package writes no output of its own)."""
         self.raw_dir = raw_dir
         self.out_dir = out_dir
         self.namemap = namemap
         self.columns = columns
-        self.json_out = json_out
+        self.open_copy = open_copy
+        self.json_write = json_write
         self.context = context
         self.selection = selection
         self.json_stats = JsonStats()
@@ -192,8 +193,6 @@ class LogTailer:
     def finish(self) -> TailResult:
         """Zeek has exited: the rest of every log, then close everything."""
         self._stop.set()
-        if self.json_out is not None:
-            self.json_out.stopping()  # a reader that takes nothing now is given up
         if self._thread.is_alive():
             self._thread.join()
         result = TailResult(json_stats=self.json_stats)
@@ -210,8 +209,6 @@ class LogTailer:
                 result.files.append(tail.summary)
             if tail.failure is not None:
                 result.failures.append(f"{name}: {tail.failure}")
-        if self.json_out is not None:
-            result.json_lines = self.json_out.lines
         if failure is not None:
             raise failure
         if self.json_failure is not None:
