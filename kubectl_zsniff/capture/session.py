@@ -89,7 +89,8 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
             # decides for the same names: the finished logs then equal its output.
             workloads = book is not None and any(n.workload for n in book.current().values())
             zeek = ZeekSink(out.zeek_dir, book, extra_args=list(out.zeek_scripts),
-                            json_target=out.zeek_json, selection=out.zeek_selection,
+                            json_target=out.zeek_json, json_stdout=stdout,
+                            selection=out.zeek_selection,
                             context=context, workload_columns=workloads)
             zeek.start()
             sinks.append(zeek)

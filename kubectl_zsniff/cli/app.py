@@ -499,7 +499,7 @@ def _capture(opts: CaptureOptions, reporter: Any) -> int:
     from kubectl_zsniff.capture.session import run_capture
 
     stdout = None
-    if opts.output.to_stdout:
+    if opts.output.to_stdout or opts.output.zeek_json == "-":
         from kubectl_zsniff.cli.streams import standard_output
 
         stdout = standard_output()
@@ -578,7 +578,12 @@ def _enrich_to_json(logs: tuple[str, ...], namemap: Any, target: str, context: s
     from kubectl_zsniff.sinks.jsonlines import JsonLinesOutput
     from kubectl_zsniff.zeek.jsonl import logs_to_json
 
-    out = JsonLinesOutput(target)
+    stdout = None
+    if target == "-":
+        from kubectl_zsniff.cli.streams import standard_output
+
+        stdout = standard_output()
+    out = JsonLinesOutput(target, stdout=stdout)
     try:
         stats, unusable = logs_to_json(logs, as_lookup(namemap), out.write, context=context,
                                        selection=selection)

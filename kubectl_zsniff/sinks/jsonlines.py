@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.sinks import PipeWriter, ReaderClosed
@@ -18,7 +19,9 @@ from kubectl_zsniff.sinks.file import open_private, refuse_overwrite
 
 
 class JsonLinesOutput:
-    def __init__(self, target: str, *, flag: str = "--json", force: bool = False) -> None:
+    def __init__(self, target: str, *, flag: str = "--json", force: bool = False,
+                 stdout: BinaryIO | None = None) -> None:
+        """`target` is a file, or "-" for `stdout` (the caller's stream, found by cli/)."""
         self.target = target
         self.flag = flag
         self.lines = 0
@@ -26,10 +29,13 @@ class JsonLinesOutput:
         self._file = None
         self._pipe: PipeWriter | None = None
         if target == "-":
-            self._fd = 1
+            if stdout is None:
+                raise ValueError(f"{flag} - needs the standard output stream")
+            stdout.flush()  # from here on, whole lines go straight to the descriptor
+            self._fd = stdout.fileno()
             self.where = "standard output"
             # A shipper that stops reading holds the capture only until it is stopping.
-            self._pipe = PipeWriter(1, f"the reader of the {flag} stream")
+            self._pipe = PipeWriter(self._fd, f"the reader of the {flag} stream")
         else:
             path = Path(target)
             refuse_overwrite(path, force, instead=f"give {flag} another file")

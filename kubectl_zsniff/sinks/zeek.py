@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.names.map import NameSource
@@ -149,6 +150,7 @@ class ZeekSink:
         wait_timeout: float = 120.0,
         fmt: str = "pcap",
         json_target: str | None = None,
+        json_stdout: BinaryIO | None = None,
         selection: RowSelection | None = None,
         context: str | None = None,
         workload_columns: bool | None = None,
@@ -160,6 +162,7 @@ class ZeekSink:
         self.directory = Path(directory)
         self.namemap = namemap
         self.json_target = json_target
+        self.json_stdout = json_stdout
         self.selection = selection
         self.context = context
         if workload_columns is None:
@@ -194,7 +197,8 @@ class ZeekSink:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.raw_dir.mkdir(mode=0o700, exist_ok=True)
             if self.json_target is not None and self._json_out is None:
-                self._json_out = JsonLinesOutput(self.json_target, flag="--zeek-json")
+                self._json_out = JsonLinesOutput(self.json_target, flag="--zeek-json",
+                                                 stdout=self.json_stdout)
             with (
                 open_private(self.directory / STDOUT_NAME, 0) as out,
                 open_private(self.stderr_path, 0) as err,
