@@ -93,6 +93,19 @@ class TcpdumpOptions:
 
 
 @dataclass(frozen=True)
+class RotationOptions:
+    """tcpdump's -C/-G/-W: a new file past a size or an age, and at most `ring` files kept."""
+
+    size: int | None = None  # bytes
+    every: float | None = None  # seconds
+    ring: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.size is not None or self.every is not None
+
+
+@dataclass(frozen=True)
 class OutputOptions:
     path: Path | None = None  # None: no file; Path("-"): standard output
     fmt: OutputFormat = OutputFormat.PCAPNG
@@ -104,6 +117,7 @@ class OutputOptions:
     force: bool = False  # overwrite an existing, non-empty regular file
     zeek_json: str | None = None  # --zeek-json FILE, or "-" for standard output
     zeek_selection: RowSelection | None = None  # --zeek-logs / --zeek-only
+    rotation: RotationOptions = field(default_factory=RotationOptions)
 
     @property
     def zeek(self) -> bool:
@@ -123,3 +137,5 @@ class CaptureOptions:
     limits: CaptureLimits = field(default_factory=CaptureLimits)
     output: OutputOptions = field(default_factory=OutputOptions)
     names: bool = True
+    # How long a pod's dropped stream is reconnected for (seconds); 0: not at all.
+    reconnect_for: float = 300.0

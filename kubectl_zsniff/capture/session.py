@@ -32,7 +32,7 @@ from kubectl_zsniff.kube.namewatch import NameWatcher
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
-from kubectl_zsniff.sinks.file import FileSink, refuse_overwrite
+from kubectl_zsniff.sinks.file import refuse_overwrite
 
 
 def output_format_for(path: Path | None, explicit: OutputFormat | None) -> OutputFormat:
@@ -74,6 +74,10 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
                 if stdout is None:
                     raise ValueError("-w - needs the standard output stream")
                 sinks.append(StdoutSink(out.fmt.value, stdout))
+            elif out.rotation.active:
+                from kubectl_zsniff.sinks.rotate import RotatingFileSink
+
+                sinks.append(RotatingFileSink(out.path, out.rotation))
             else:
                 from kubectl_zsniff.sinks.file import FileSink
 
@@ -103,8 +107,9 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()
-            if isinstance(sink, FileSink):
-                sink.discard_if_empty()
+            discard = getattr(sink, "discard_if_empty", None)
+            if discard is not None:
+                discard()
         raise
     return sinks
 
@@ -130,7 +135,11 @@ def output_notes(opts: CaptureOptions) -> list[str]:
 
 def run_capture(opts: CaptureOptions, reporter: Reporter,
                 stdout: BinaryIO | None = None) -> CaptureSummary:
-    if opts.output.path is not None and not opts.output.to_stdout:
+    if opts.output.rotation.active and opts.output.path is not None:
+        from kubectl_zsniff.sinks.rotate import refuse_rotated_overwrite
+
+        refuse_rotated_overwrite(opts.output.path, opts.output.force)
+    elif opts.output.path is not None and not opts.output.to_stdout:
         refuse_overwrite(opts.output.path, opts.output.force)
     if opts.output.zeek_dir is not None:
         from kubectl_zsniff.sinks.zeek import refuse_used_directory
@@ -170,12 +179,12 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
             reporter.progress("names limited: not allowed to list " + ", ".join(missing))
 
     sinks: list[Sink] = []
-    file_sink: FileSink | None = None
+    file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
     wrote_anything = False
     try:
         sinks = open_sinks(opts, _title(infos, target.selector), book, stdout,
                            kube.context_name)
-        file_sink = next((s for s in sinks if isinstance(s, FileSink)), None)
+        file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
         containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
         if watcher is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is

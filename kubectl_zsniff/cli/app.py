@@ -25,6 +25,7 @@ from kubectl_zsniff.options import (
     KubeOptions,
     OutputFormat,
     OutputOptions,
+    RotationOptions,
     TargetOptions,
     TcpdumpOptions,
 )
@@ -105,8 +106,18 @@ class _Size(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
+class _RotateSize(_Size):
+    """tcpdump's -C: a bare number is millions of bytes, as in tcpdump; units as --max-size."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip()) * 1_000_000
+        return super().convert(value, param, ctx)
+
+
 DURATION = _Duration()
 SIZE = _Size()
+ROTATE_SIZE = _RotateSize()
 OFFLINE_COMMANDS = ("view", "convert", "hosts", "enrich")  # and `leftovers`: not capturing
 
 
@@ -253,6 +264,24 @@ def _kube_options(func: Any) -> Any:
     type=SIZE,
     default=None,
     help="Stop before the output grows past this size, e.g. 100M.",
+)
+@click.option(
+    "-C", "--rotate-size", type=ROTATE_SIZE, default=None,
+    help="Start a new -w file before one passes this size (tcpdump -C: a bare number is "
+         "millions of bytes; or 100M, 1GiB). Files are FILE-00001.pcapng, FILE-00002...",
+)
+@click.option(
+    "-G", "--rotate-every", type=DURATION, default=None,
+    help="Start a new -w file when one is this old, at its next packet, e.g. 15m.",
+)
+@click.option(
+    "-W", "--ring", type=click.IntRange(1), default=None,
+    help="With -C or -G: keep only the last N files (the oldest is removed).",
+)
+@click.option(
+    "--reconnect-for", type=DURATION, default=300.0,
+    help="When a pod's stream drops, reconnect (with backoff) for up to this long; the gap is "
+         "marked in the file. 0: do not reconnect (exit 14).  [default: 5m]",
 )
 @click.option(
     "-w",
@@ -426,6 +455,18 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     if kw["max_size"] is not None and kw["max_size"] <= 0:
         raise click.BadParameter("must be more than 0 (leave it out for no limit)",
                                  param_hint="'--max-size'")
+    for flag, value in (("'-C' / '--rotate-size'", kw["rotate_size"]),
+                        ("'-G' / '--rotate-every'", kw["rotate_every"])):
+        if value is not None and value <= 0:
+            raise click.BadParameter("must be more than 0 (leave it out for no rotation)",
+                                     param_hint=flag)
+    if kw["reconnect_for"] < 0:
+        raise click.BadParameter("must be 0 (no reconnect) or more",
+                                 param_hint="'--reconnect-for'")
+    rotation = RotationOptions(kw["rotate_size"], kw["rotate_every"], kw["ring"])
+    if kw["ring"] is not None and not rotation.active:
+        raise click.UsageError("-W/--ring keeps the last N files of a rotation: add -C SIZE "
+                               "or -G DURATION")
     pods, filter_words = split_targets(list(kw["words"]), kw["selector"])
     if kw["all_namespaces"] and not kw["selector"]:
         raise click.UsageError("-A/--all-namespaces goes with -l/--selector")
@@ -463,6 +504,11 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     if zeek_json == "-" and path is not None and str(path) == "-":
         raise click.UsageError("standard output can carry the capture (-w -) or Zeek's JSON "
                                "(--zeek-json -), not both: send one to a file")
+    if rotation.active and (path is None or str(path) == "-"):
+        raise click.UsageError("-C/-G write a series of files: they need -w FILE")
+    if rotation.active and fmt != OutputFormat.PCAPNG:
+        raise click.UsageError("-C/-G write pcapng files (each with its own header and "
+                               "names): leave out --format pcap, or name the file .pcapng")
     if kw["view"] and path is not None and str(path) == "-":
         raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
     return CaptureOptions(
@@ -490,8 +536,10 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             kw["force"],
             zeek_json,
             zeek_selection,
+            rotation,
         ),
         names=not kw["no_names"],
+        reconnect_for=kw["reconnect_for"],
     )
 
 

@@ -105,7 +105,7 @@ class ConsoleReporter:
         elif summary.remote_stopped is False:
             parts.append("WARNING: tcpdump may still run in the pod")
         out = opts.output
-        if out.path is not None and not out.to_stdout:
+        if out.path is not None and not out.to_stdout and not out.rotation.active:
             if out.path.exists():
                 parts.append(f"wrote {out.path} ({out.fmt.value})")
             else:
@@ -142,6 +142,13 @@ def _sink_result_text(label: str, result: Any) -> str:
             return (f"{label} skipped {result.dropped_packets:,} of "
                     f"{plural(result.total_packets, 'packet')} to keep up (the file has them all)")
         return ""
+    if hasattr(result, "removed") and hasattr(result, "files"):  # a rotated capture
+        files = result.files
+        if not files:
+            return "nothing captured, so no file was left"
+        span = files[0].name if len(files) == 1 else f"{files[0].name} ... {files[-1].name}"
+        removed = f" ({result.removed:,} older removed by --ring)" if result.removed else ""
+        return f"wrote {plural(len(files), 'file')} {span} (pcapng){removed}"
     if hasattr(result, "returncode") and hasattr(result, "files"):
         files = result.files
         named = ", ".join(getattr(f, "path", Path(str(f))).name for f in files) or "no logs"

@@ -123,6 +123,11 @@ class OutputPipeline:
         # Names as this file states them so far, and addresses whose owner changed within it.
         self._named: dict[str, str] = {}
         self._reowned: dict[str, str] = {}
+        for sink in self.sinks:
+            # A sink that starts files of its own (rotation) starts each with these blocks.
+            bind = getattr(sink, "bind_preamble", None)
+            if bind is not None:
+                bind(self.file_preamble)
 
     @property
     def accepting(self) -> bool:
@@ -282,8 +287,31 @@ class OutputPipeline:
             pcapng = b"".join(parts)
         self._write(pcap=pcap, pcapng=pcapng)
 
+    def file_preamble(self) -> bytes:
+        """What a new file of this capture starts with, so that it can be read alone: the
+        section header, the interface of every pod started so far (same ids), and one name
+        table with every name this capture has stated. Called with the lock held."""
+        parts = [self._section_header()]
+        entries = [(ip, [name]) for ip, name in sorted(self._named.items())]
+        if entries:
+            parts.append(name_resolution_block(entries))
+        started = sorted((lane for lane in self.lanes if lane.interface_id is not None),
+                         key=lambda lane: lane.interface_id or 0)
+        for lane in started:
+            assert lane.header is not None
+            parts.append(self._interface_block(lane, lane.header))
+        return b"".join(parts)
+
     def _section_preamble(self) -> bytes:
         self._section_started = True
+        parts = [self._section_header()]
+        entries = self._all_names()
+        if entries:
+            parts.append(name_resolution_block(entries))
+            self.names_written += len(entries)
+        return b"".join(parts)
+
+    def _section_header(self) -> bytes:
         pods = ", ".join(f"{lane.pod.namespace}/{lane.pod.name}" for lane in self.lanes)
         first = self.lanes[0].pod
         if len(self.lanes) == 1:
@@ -298,12 +326,7 @@ class OutputPipeline:
             f"interface {self.opts.interface}"
             + (f"; filter {self.opts.bpf_filter}" if self.opts.bpf_filter else "")
         )
-        parts = [section_header_block(comment, userappl=f"kubectl-zsniff {__version__}")]
-        entries = self._all_names()
-        if entries:
-            parts.append(name_resolution_block(entries))
-            self.names_written += len(entries)
-        return b"".join(parts)
+        return section_header_block(comment, userappl=f"kubectl-zsniff {__version__}")
 
     def _interface_block(self, lane: Lane, header: PcapHeader) -> bytes:
         pod = lane.pod

@@ -1,0 +1,178 @@
+"""Rotation (-C/-G/-W): every file a complete pcapng read alone by capinfos and tshark with its
+names, no packet lost or doubled between consecutive files, the ring never over N files."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
+from kubectl_zsniff.formats.pcapng import Interface, PacketRecord, read_capture
+from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.names.book import NameBook
+from kubectl_zsniff.names.map import PodName
+from kubectl_zsniff.options import CaptureLimits, RotationOptions, TcpdumpOptions
+from kubectl_zsniff.pipeline.output import OutputPipeline
+from kubectl_zsniff.sinks.rotate import (
+    RotatingFileSink,
+    existing_rotated_files,
+    refuse_rotated_overwrite,
+    rotated_path,
+)
+from tests.unit.capture_fixtures import require_tool, udp_frame
+
+WEB = PodInfo("shop", "web-1", "node-a", ("app",), "Running", ("10.244.1.1",))
+DB = PodInfo("shop", "db-0", "node-a", ("db",), "Running", ("10.244.1.2",))
+
+
+def numbered_stream(first: int, count: int, size: int = 400, src: str = "10.244.1.1") -> bytes:
+    """tcpdump's pcap output: UDP packets whose payload starts with their sequence number."""
+    return b"".join(
+        encode_pcap_record(1_700_000_000 + n // 1000, n % 1000,
+                           udp_frame(src, "10.244.1.9", n.to_bytes(4, "big") * (size // 4)))
+        for n in range(first, first + count)
+    )
+
+
+def sequence(path: Path) -> list[int]:
+    return [int.from_bytes(e.data[42:46], "big")
+            for e in read_capture(path.read_bytes(), allow_truncated=False)
+            if isinstance(e, PacketRecord)]
+
+
+def capinfos_packets(path: Path) -> int:
+    out = subprocess.run([require_tool("capinfos"), "-c", "-M", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if "Number of packets" in ln)
+    return int(line.split(":")[1].strip())
+
+
+def tshark_hosts(path: Path) -> set[str]:
+    out = subprocess.run([require_tool("tshark"), "-r", str(path), "-N", "n", "-T", "fields",
+                          "-e", "ip.src_host", "-e", "ip.dst_host"],
+                         capture_output=True, text=True, check=True).stdout
+    return {h for line in out.splitlines() for h in line.split("\t") if h}
+
+
+def rotated_capture(tmp_path: Path, rotation: RotationOptions, pods: list[PodInfo],
+                    book: NameBook | None = None) -> tuple[OutputPipeline, RotatingFileSink]:
+    sink = RotatingFileSink(tmp_path / "web.pcapng", rotation)
+    pipe = OutputPipeline([sink], pods, ["zsniff-a"] * len(pods), "ctx", TcpdumpOptions(),
+                          CaptureLimits(), book)
+    return pipe, sink
+
+
+def test_ring_of_three_1mb_files_keeps_a_gapless_tail_each_file_complete(
+        tmp_path: Path) -> None:
+    book = NameBook()
+    book.record("10.244.1.9", PodName("tools/client", "tools"), 0.0)
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=1_000_000, ring=3), [WEB], book)
+    stream = encode_pcap_header(1) + numbered_stream(0, 12_000)
+    largest = 0
+    for offset in range(0, len(stream), 4096):  # the API server's message size
+        pipe.feed(stream[offset:offset + 4096])
+        largest = max(largest, len(existing_rotated_files(tmp_path / "web.pcapng")))
+    result = sink.close()
+    assert largest == 3, "the ring never holds more than 3 files"
+    files = existing_rotated_files(tmp_path / "web.pcapng")
+    assert files == result.files and len(files) == 3
+    assert result.removed > 0 and files[-1] == rotated_path(tmp_path / "web.pcapng",
+                                                           3 + result.removed)
+    sequences = []
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.stat().st_size <= 1_000_000
+        seq = sequence(path)
+        assert capinfos_packets(path) == len(seq)
+        assert {"shop/web-1", "tools/client"} <= tshark_hosts(path), path
+        sequences.append(seq)
+    joined = [n for seq in sequences for n in seq]
+    # Consecutive files meet exactly: the last 3 files hold every packet of their span.
+    assert joined == list(range(joined[0], 12_000))
+
+
+def test_rotation_by_age_starts_a_file_at_the_first_packet_past_it(tmp_path: Path) -> None:
+    now = [0.0]
+    sink = RotatingFileSink(tmp_path / "web.pcapng", RotationOptions(every=60.0),
+                            clock=lambda: now[0])
+    pipe = OutputPipeline([sink], WEB, "zsniff-a", "ctx", TcpdumpOptions(), CaptureLimits(), None)
+    pipe.feed(encode_pcap_header(1) + numbered_stream(0, 5))
+    now[0] = 59.0
+    pipe.feed(numbered_stream(5, 5))
+    now[0] = 61.0
+    pipe.feed(numbered_stream(10, 5))
+    files = sink.close().files
+    assert [sequence(p) for p in files] == [list(range(10)), list(range(10, 15))]
+
+
+def test_several_pods_every_file_names_every_interface_started(tmp_path: Path) -> None:
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=50_000), [WEB, DB])
+    web, db = pipe.lanes
+    web.feed(encode_pcap_header(1) + numbered_stream(0, 50))
+    db.feed(encode_pcap_header(1) + numbered_stream(1000, 200, src="10.244.1.2"))
+    web.feed(numbered_stream(50, 200))
+    files = sink.close().files
+    assert len(files) > 3
+    for path in files[1:]:
+        events = list(read_capture(path.read_bytes(), allow_truncated=False))
+        names = [e.name for e in events if isinstance(e, Interface)]
+        assert names == ["shop/web-1", "shop/db-0"], path
+        hosts = tshark_hosts(path)
+        assert hosts & {"shop/web-1", "shop/db-0"}, path
+        assert not hosts & {"10.244.1.1", "10.244.1.2"}, f"{path}: a pod left unnamed"
+    seen = sorted(n for p in files for n in sequence(p))
+    assert seen == sorted(list(range(250)) + list(range(1000, 1200)))
+
+
+def test_a_name_learnt_mid_capture_is_in_every_later_file(tmp_path: Path) -> None:
+    book = NameBook()
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=30_000), [WEB], book)
+    pipe.feed(encode_pcap_header(1) + numbered_stream(0, 30))
+    book.record("10.244.1.9", PodName("tools/client", "tools"), 1.0)
+    pipe.feed(numbered_stream(30, 300))
+    files = sink.close().files
+    assert len(files) >= 4
+    for path in files[1:]:
+        assert "tools/client" in tshark_hosts(path), path
+
+
+def test_an_earlier_rotated_capture_is_not_overwritten_without_force(tmp_path: Path) -> None:
+    base = tmp_path / "web.pcapng"
+    refuse_rotated_overwrite(base, force=False)
+    rotated_path(base, 7).write_bytes(b"x")
+    (tmp_path / "web-notes.pcapng").write_bytes(b"x")  # not one of ours
+    with pytest.raises(ZsniffError) as caught:
+        refuse_rotated_overwrite(base, force=False)
+    assert caught.value.status == ExitStatus.OUTPUT_ERROR
+    assert "web-00007.pcapng" in caught.value.message
+    refuse_rotated_overwrite(base, force=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_is_a_clear_error_and_finished_files_stay_whole(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], check=True)
+    try:
+        sink = RotatingFileSink(disk / "web.pcapng", RotationOptions(size=100_000))
+        pipe = OutputPipeline([sink], WEB, "zsniff-a", "ctx", TcpdumpOptions(),
+                              CaptureLimits(), None)
+        stream = encode_pcap_header(1) + numbered_stream(0, 2000)
+        for offset in range(0, len(stream), 4096):
+            pipe.feed(stream[offset:offset + 4096])
+            if pipe.failure is not None:
+                break
+        assert pipe.failure is not None and pipe.failure.status == ExitStatus.OUTPUT_ERROR
+        assert "No space left" in pipe.failure.message
+        assert "finished files before it are intact" in pipe.failure.message
+        files = sink.close().files
+        seqs = [sequence(p) for p in files]  # every file, the last too, ends on a whole block
+        joined = [n for s in seqs for n in s]
+        assert joined == list(range(len(joined))) and len(files) >= 2
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
