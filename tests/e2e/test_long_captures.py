@@ -1,0 +1,76 @@
+"""Long captures (issue 12): rotation into a ring of files, and streams that drop and come back."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import (
+    PodPair,
+    Zsniff,
+    assert_no_capture_left,
+    capinfos_ok,
+    stop_process,
+    tshark_fields,
+    wait_capture_live,
+)
+
+UDP_SEQ = re.compile(rb"zsniff-e2e-udp-(\d+) ")
+
+
+def udp_requests(path: Path, web_ip: str) -> list[int]:
+    """Sequence numbers of the counted UDP stream's requests to the web pod, in file order."""
+    rows = tshark_fields(path, "ip.dst", "udp.dstport", "udp.payload",
+                         extra=["-Y", f"ip.dst == {web_ip} && udp.dstport == 9000"])
+    seqs = []
+    for _dst, _port, payload in rows:
+        match = UDP_SEQ.match(bytes.fromhex(payload.replace(":", "")))
+        assert match, payload
+        seqs.append(int(match.group(1)) // 1000)  # podnet numbers rounds in thousands
+    return seqs
+
+
+def test_ring_of_three_1mb_files_under_steady_traffic(cluster: Any, zsniff: Zsniff,
+                                                      pair: PodPair, tmp_path: Path) -> None:
+    """-C 1M -W 3 under a steady counted UDP stream: never more than 3 files, each read alone
+    by capinfos and by tshark with the pod names, and the 3 files together hold every request
+    of their span: nothing lost or doubled where one file ends and the next begins."""
+    base = tmp_path / "ring.pcapng"
+    proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(base), "-C", "1M", "-W", "3",
+                         "udp port 9000"], stderr=subprocess.PIPE, text=True)
+    most = 0
+    try:
+        wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
+        traffic = pair.traffic(udp=1, size=1400, seconds=12, pause=0.0005, families=(4,))
+        while traffic.poll() is None:
+            most = max(most, len(list(tmp_path.glob("ring-*.pcapng"))))
+            time.sleep(0.02)
+        time.sleep(1.0)  # the last echoes reach the file
+        stop_process(proc, timeout=30)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert "Traceback" not in err, err
+    files = sorted(tmp_path.glob("ring-*.pcapng"))
+    assert most <= 3 and len(files) == 3, (most, files, err)
+    numbers = [int(p.stem.split("-")[1]) for p in files]
+    assert numbers[0] > 1 and numbers == list(range(numbers[0], numbers[0] + 3)), numbers
+    assert "older removed by --ring" in err, err
+    web_ip = pair.web_ips[0]
+    joined: list[int] = []
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.stat().st_size <= 1_000_000, path
+        capinfos_ok(path)
+        hosts = {h for row in tshark_fields(path, "ip.src_host", "ip.dst_host") for h in row}
+        assert f"{pair.namespace}/{pair.web}" in hosts, (path, hosts)
+        assert f"{pair.namespace}/{pair.client}" in hosts, (path, hosts)
+        seqs = udp_requests(path, web_ip)
+        assert seqs, path
+        joined += seqs
+    assert joined == list(range(joined[0], joined[0] + len(joined))), \
+        "a request is missing or doubled between consecutive files"
+    assert_no_capture_left(cluster, pair.namespace, pair.web)
