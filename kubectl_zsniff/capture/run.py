@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kubectl_zsniff.capture.reconnect import Reconnector
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.pcap import encode_pcap_header
 from kubectl_zsniff.kube.container import PodInfo, capture_command
@@ -65,6 +66,9 @@ class TcpdumpReport:
     dropped: int | None = None
     errors: list[str] = field(default_factory=list)
     _partial: str = ""
+    # The counters of earlier tcpdumps of this capture (before a reconnect): tcpdump's own
+    # start from zero.
+    _earlier: tuple[int, int, int] = (0, 0, 0)
 
     _COUNTERS = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel)$")
 
@@ -74,6 +78,13 @@ class TcpdumpReport:
         self._partial = lines.pop()
         for line in lines:
             self._line(line.strip())
+
+    def restart(self) -> None:
+        """A new tcpdump takes over (a reconnect): its counters add to those so far."""
+        self._earlier = (self.captured or 0, self.received or 0, self.dropped or 0)
+        self.pid = None
+        self.listening = None
+        self._partial = ""
 
     def finish(self) -> None:
         if self._partial.strip():
@@ -94,12 +105,13 @@ class TcpdumpReport:
         if match:
             value = int(match.group(1))
             kind = match.group(2)
+            captured, received, dropped = self._earlier
             if kind == "captured":
-                self.captured = value
+                self.captured = captured + value
             elif kind.startswith("received"):
-                self.received = value
+                self.received = received + value
             else:
-                self.dropped = value
+                self.dropped = dropped + value
             return
         if line.startswith("tcpdump: verbose output suppressed"):
             return
@@ -264,6 +276,7 @@ class PodStream:
         reporter: Reporter,
         stop: asyncio.Event,
         give_up: asyncio.Event | None = None,
+        reconnect_for: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
         self.lane = lane
@@ -279,12 +292,24 @@ class PodStream:
         self.report = TcpdumpReport()
         self.container_gone = False
         self.many = False  # several pods: progress lines name the pod
+        self.reconnector = Reconnector(reconnect_for) if reconnect_for > 0 else None
+        self.reconnecting = False
+        self.session = self._session(limits.packet_count)
+
+    def _session(self, packet_count: int | None) -> ExecSession:
         # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
-        argv = tcpdump.argv(limits.packet_count)
-        self.session = ExecSession(
-            endpoint, self.pod.namespace, self.pod.name, self.container,
+        argv = self.tcpdump.argv(packet_count)
+        return ExecSession(
+            self.endpoint, self.pod.namespace, self.pod.name, self.container,
             capture_command(self.container, argv), stdin=True,
         )
+
+    def new_session(self) -> None:
+        """A fresh exec of tcpdump for a reconnect (what is left of a packet limit)."""
+        count = self.limits.packet_count
+        if count is not None:
+            count = max(1, count - self.lane.pipeline.packets)
+        self.session = self._session(count)
 
     async def connect(self) -> None:
         await self.session.connect()
@@ -317,7 +342,17 @@ class PodStream:
         stop_task = asyncio.create_task(stop.wait())
         exec_result = None
         try:
-            await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                lost = _lost(run_task)
+                if lost is None or stop.is_set() or self.reconnector is None:
+                    break
+                await self.session.close()
+                if not await self.reconnector.resume(self, lost):
+                    break
+                run_task = asyncio.create_task(self.session.run(on_stdout, on_stderr))
+            if self.reconnector is not None:
+                result.notes += [gap.note for gap in self.reconnector.gaps]
             if not run_task.done():
                 await self._stop_remote(run_task, result.notes)
             else:
@@ -344,13 +379,20 @@ class PodStream:
             result.remote_stopped = None
         else:
             result.remote_stopped = await self._until_given_up(
-                self._verify_stopped(result.notes), "checking that tcpdump stopped")
+                self.verify_stopped(result.notes), "checking that tcpdump stopped")
         result.given_up = self.given_up
         if result.lost and not stop.is_set():
+            tried = self.reconnector
+            gave_up = ""
+            if tried is not None:
+                gave_up = f"; reconnecting for {tried.reconnect_for:g} s did not succeed" + (
+                    f" ({tried.last_error.message})" if tried.last_error is not None else "")
             result.error = ZsniffError(
                 f"lost the connection to the API server after {plural(pipeline.packets, 'packet')}"
-                + (f" (pod {self.pod.namespace}/{self.pod.name})" if self.many else ""),
-                "the capture file is valid up to the last whole packet; run again to continue",
+                + (f" (pod {self.pod.namespace}/{self.pod.name})" if self.many else "")
+                + gave_up,
+                "the capture file is valid up to the last whole packet; run again to continue"
+                + ("" if tried is not None else " (or let zsniff reconnect: --reconnect-for)"),
                 ExitStatus.STREAM_LOST,
             )
         elif result.finished_by_itself and self.container_gone:
@@ -371,7 +413,7 @@ class PodStream:
                                            self.pod, self.container)
         return result
 
-    def _who(self) -> str:
+    def who(self) -> str:
         return f"{self.pod.namespace}/{self.pod.name}: " if self.many else ""
 
     async def _until_given_up(self, work: Any, what: str) -> Any:
@@ -383,7 +425,7 @@ class PodStream:
             done, _ = await asyncio.wait({task}, timeout=SLOW_STOP_SECONDS)
             if not done:
                 self.reporter.progress(
-                    f"{self._who()}{what} (the API server is slow to answer; "
+                    f"{self.who()}{what} (the API server is slow to answer; "
                     "Ctrl-C again to stop waiting)")
                 await asyncio.wait({task, give_up}, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
@@ -432,7 +474,7 @@ class PodStream:
         except ZsniffError:
             return None
 
-    async def _verify_stopped(self, notes: list[str]) -> bool | None:
+    async def verify_stopped(self, notes: list[str]) -> bool | None:
         """Check that tcpdump is gone in the pod; kill it if not. None: could not check."""
         if self.report.pid is None:
             return None
@@ -454,6 +496,14 @@ class PodStream:
         return False
 
 
+def _lost(run_task: asyncio.Task[Any]) -> StreamLostError | None:
+    """The stream's loss, when the session ended that way."""
+    if not run_task.done() or run_task.cancelled():
+        return None
+    err = run_task.exception()
+    return err if isinstance(err, StreamLostError) else None
+
+
 class CaptureRun:
     """Captures one or more pods at once into one pipeline, until a stop."""
 
@@ -464,6 +514,7 @@ class CaptureRun:
         tcpdump: TcpdumpOptions,
         limits: CaptureLimits,
         reporter: Reporter,
+        reconnect_for: float = 0.0,
     ) -> None:
         self.pipeline = pipeline
         self.limits = limits
@@ -473,7 +524,8 @@ class CaptureRun:
         self._signal_reason: StopReason | None = None
         self._signals = 0
         self.streams = [
-            PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop, self._give_up)
+            PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop, self._give_up,
+                      reconnect_for)
             for lane in pipeline.lanes
         ]
         for stream in self.streams:

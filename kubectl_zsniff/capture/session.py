@@ -195,7 +195,8 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         pipeline = OutputPipeline(
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
-        run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter)
+        run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter,
+                         opts.reconnect_for)
         reporter.progress(
             f"capturing {', '.join(f'{i.namespace}/{i.name}' for i in infos)} "
             f"on {opts.tcpdump.interface}"

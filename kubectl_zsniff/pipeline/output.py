@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any
 
 from kubectl_zsniff import __version__
-from kubectl_zsniff.errors import ZsniffError
+from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.detect import PCAP_HEADER_LENGTH
 from kubectl_zsniff.formats.pcap import Packet, PcapHeader, PcapStreamParser
 from kubectl_zsniff.formats.pcapng import (
@@ -59,6 +59,17 @@ class Lane:
         self.packets = 0
         self.data_bytes = 0
         self._raw_header = bytearray()
+        # Set when a new tcpdump took over after a gap: the comment for its first packet.
+        self.gap_comment: str | None = None
+
+    def resume_after_gap(self, comment: str) -> None:
+        """A new tcpdump's stream follows (a reconnect): read its header afresh, keep this
+        pod's interface, and put `comment` on its first packet."""
+        with self.pipeline.lock:
+            parser = PcapStreamParser()
+            parser.data_bytes = self.parser.data_bytes  # counters run on across the gap
+            self.parser = parser
+            self.gap_comment = comment
 
     def feed(self, chunk: memoryview | bytes) -> None:
         """Handle one piece of this pod's stream. Never raises: failures become a stop reason.
@@ -140,6 +151,9 @@ class OutputPipeline:
     # -- the hot path ----------------------------------------------------------------------
 
     def _feed(self, lane: Lane, chunk: memoryview | bytes) -> None:
+        if lane.gap_comment is not None:
+            self._feed_after_gap(lane, chunk)
+            return
         if lane.header is None and len(lane._raw_header) < PCAP_HEADER_LENGTH:
             lane._raw_header += bytes(chunk[: PCAP_HEADER_LENGTH - len(lane._raw_header)])
         if self.split_only:
@@ -206,6 +220,47 @@ class OutputPipeline:
         if self.wants_pcap and lane.pcap_compatible:
             pcap = fed.raw
         self._write(pcap=pcap, pcapng=b"".join(parts))
+
+    def _feed_after_gap(self, lane: Lane, chunk: memoryview | bytes) -> None:
+        """The first bytes of a new tcpdump after a gap: its header (same link type as the
+        one before, so the same interface), then the first packet, which carries the gap."""
+        packets = lane.parser.feed(chunk)
+        header = lane.parser.header
+        if header is None:
+            return
+        assert lane.header is not None
+        if (header.linktype, header.nanosecond) != (lane.header.linktype, lane.header.nanosecond):
+            self.failure = ZsniffError(
+                f"{lane.pod.namespace}/{lane.pod.name}: tcpdump's link type changed across a "
+                "reconnect", "run the capture again", ExitStatus.CAPTURE_FAILED)
+            self.stop_reason = StopReason.OUTPUT_FAILED
+            return
+        packets = self._apply_limits(packets)
+        if not packets:
+            return
+        comment, lane.gap_comment = lane.gap_comment, None
+        self._count(lane, len(packets), sum(p.caplen for p in packets))
+        pcapng = b""
+        if self.wants_pcapng:
+            encoder = lane.encoder
+            assert encoder is not None and comment is not None
+            first = packets[0]
+            parts: list[bytes | memoryview] = []
+            names = self._name_updates()
+            if names:
+                parts.append(names)
+            parts.append(enhanced_packet_block(
+                encoder.interface_id, encoder.ts_units(first), first.caplen, first.origlen,
+                first.data, comment))
+            if self._reowned:
+                self._extend_with_owner_comments(lane, packets[1:], parts)
+            else:
+                encoder.extend_parts(packets[1:], parts)
+            pcapng = b"".join(parts)
+        pcap = b""
+        if self.wants_pcap and lane.pcap_compatible:
+            pcap = b"".join(_pcap_records(packets, lane.header))
+        self._write(pcap=pcap, pcapng=pcapng)
 
     def _encode_packets(self, lane: Lane, packets: list[Packet]) -> None:
         if not packets:

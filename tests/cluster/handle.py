@@ -220,6 +220,7 @@ class ClusterHandle(PodCalls):
         return dict(self.request("GET", "/zsniff-test/state"))
 
     def set_faults(self, *, exec_drop_after_bytes: int | None = None, exec_drop_count: int = 1,
+                   exec_drop_match: str = "",
                    api_fail_code: int | None = None, api_fail_count: int = 1,
                    api_fail_retry_after: int = 1, api_fail_match: str = "",
                    api_delay: float | None = None, api_delay_count: int = 1,
@@ -227,7 +228,8 @@ class ClusterHandle(PodCalls):
         """Arm faults.  ``*_match`` is a substring of the request path+query (\"\" = any)."""
         body: dict[str, Any] = {}
         if exec_drop_after_bytes is not None:
-            body.update(exec_drop_after=exec_drop_after_bytes, exec_drop_count=exec_drop_count)
+            body.update(exec_drop_after=exec_drop_after_bytes, exec_drop_count=exec_drop_count,
+                        exec_drop_match=exec_drop_match)
         if api_fail_code is not None:
             body.update(api_fail_code=api_fail_code, api_fail_count=api_fail_count,
                         api_fail_retry_after=api_fail_retry_after, api_fail_match=api_fail_match)

@@ -121,6 +121,7 @@ def invalid(kind: str, name: str, field: str, detail: str, cause_reason: str) ->
 class Faults:
     exec_drop_after: int | None = None
     exec_drop_count: int = 0
+    exec_drop_match: str = ""  # a substring of the exec request's path+query ("" = any)
     api_fail_code: int = 0
     api_fail_count: int = 0
     api_fail_retry_after: int = 1
@@ -957,7 +958,8 @@ class ExecSession:
         self.exited = asyncio.Event()
         self.stdout_bytes = 0
         self.drop_after: int | None = None
-        if api.faults.exec_drop_count > 0 and api.faults.exec_drop_after is not None:
+        if api.faults.exec_drop_count > 0 and api.faults.exec_drop_after is not None \
+                and api.faults.exec_drop_match in request.path_qs:
             api.faults.exec_drop_count -= 1
             self.drop_after = int(api.faults.exec_drop_after)
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import (
     PodPair,
     Zsniff,
@@ -73,4 +75,80 @@ def test_ring_of_three_1mb_files_under_steady_traffic(cluster: Any, zsniff: Zsni
         joined += seqs
     assert joined == list(range(joined[0], joined[0] + len(joined))), \
         "a request is missing or doubled between consecutive files"
+    assert_no_capture_left(cluster, pair.namespace, pair.web)
+
+
+def tcpdumps_in(cluster: Any, namespace: str, pod: str) -> list[int]:
+    """zsniff's tcpdump processes in the pod (not their wrapper shells)."""
+    return [p.pid for p in cluster.processes(namespace, pod)
+            if p.container is not None and p.argv and p.argv[0].endswith("tcpdump")]
+
+
+def gap_comments(path: Path) -> list[str]:
+    return [row[0] for row in tshark_fields(path, "frame.comment")
+            if row and "capture gap" in row[0]]
+
+
+@pytest.mark.double_only  # the test double cuts a stream after N bytes on demand
+def test_a_stream_dropped_three_times_in_a_row_is_survived_each_time(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path) -> None:
+    """The API server cuts tcpdump's exec stream after 30 kB, three times in a row: each time
+    zsniff makes sure the old tcpdump is gone, starts a new one and goes on writing the same
+    file, with a gap comment on the first packet after each gap and a summary line for each;
+    the capture then ends by its duration (exit 0), one tcpdump having run at a time."""
+    out = tmp_path / "drops.pcapng"
+    traffic = pair.traffic(udp=1, size=600, seconds=60, pause=0.01, families=(4,))
+    try:
+        cluster.set_faults(exec_drop_after_bytes=30_000, exec_drop_count=3,
+                           exec_drop_match="immediate-mode")
+        proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(out), "-d", "14s",
+                             "udp port 9000"], stderr=subprocess.PIPE, text=True)
+        most = 0
+        try:
+            while proc.poll() is None:
+                most = max(most, len(tcpdumps_in(cluster, pair.namespace, pair.web)))
+                time.sleep(0.05)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            stop_process(proc)
+    finally:
+        stop_process(traffic)
+        cluster.clear_faults()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 0, err
+    assert err.count("reconnecting for up to") == 3, err
+    assert err.count("reconnected: capturing again") == 3, err
+    assert len(re.findall(r"gap from \S+ UTC to \S+ UTC", err)) == 3, err
+    assert "stopped: duration reached" in err, err
+    assert most == 1, f"{most} tcpdumps ran at once"
+    capinfos_ok(out)
+    comments = gap_comments(out)
+    assert len(comments) == 3, comments
+    assert all("packets in it may be missing" in c for c in comments), comments
+    seqs = udp_requests(out, pair.web_ips[0])
+    assert seqs == sorted(set(seqs)), "requests out of order or doubled across a reconnect"
+    # After the third drop the stream stays: the last stretch is far longer than 30 kB.
+    assert len(seqs) > 4 * 30_000 // 700, len(seqs)
+    assert_no_capture_left(cluster, pair.namespace, pair.web)
+
+
+@pytest.mark.double_only
+def test_reconnect_off_keeps_exit_14_and_a_valid_file(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path) -> None:
+    """--reconnect-for 0: a dropped stream ends the capture as before issue 12 (exit 14)."""
+    out = tmp_path / "off.pcapng"
+    traffic = pair.traffic(udp=1, size=600, seconds=60, pause=0.01, families=(4,))
+    try:
+        cluster.set_faults(exec_drop_after_bytes=30_000, exec_drop_count=1,
+                           exec_drop_match="immediate-mode")
+        result = zsniff.run([pair.web, "-n", pair.namespace, "-w", str(out),
+                             "--reconnect-for", "0", "udp port 9000"], timeout=60)
+    finally:
+        stop_process(traffic)
+        cluster.clear_faults()
+    assert result.returncode == 14, result.stderr
+    assert "error: lost the connection" in result.stderr
+    assert "reconnecting for up to" not in result.stderr, result.stderr
+    capinfos_ok(out)
+    assert udp_requests(out, pair.web_ips[0])
     assert_no_capture_left(cluster, pair.namespace, pair.web)

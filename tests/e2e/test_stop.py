@@ -124,8 +124,8 @@ def test_stuck_reader_does_not_hold_the_stop(
 @pytest.mark.double_only  # the real cluster loses streams in test_real_cluster.py
 def test_lost_stream_keeps_every_whole_packet_before_the_cut(
         pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
-    """The API server cuts the exec stream after CUT bytes of tcpdump's pcap output: exit 14,
-    and the file holds exactly the whole packets within those bytes, as tcpdump saw them."""
+    """The API server cuts the exec stream after CUT bytes of tcpdump's pcap output, with
+    reconnecting turned off: exit 14, and the file holds exactly the whole packets within those bytes, as tcpdump saw them."""
     cut = 20_000
     out = tmp_path / "cut.pcapng"
     ref = RefCapture(pair.cluster, pair.namespace, pair.web, tmp_path / "ref.pcap",
@@ -134,7 +134,7 @@ def test_lost_stream_keeps_every_whole_packet_before_the_cut(
     try:
         pair.cluster.set_faults(exec_drop_after_bytes=cut)
         result = zsniff.run([pair.web, "-n", pair.namespace, "-w", str(out),
-                             "udp or icmp or icmp6"], timeout=120)
+                             "--reconnect-for", "0", "udp or icmp or icmp6"], timeout=120)
         time.sleep(0.5)  # the reference sees the packets after the cut too
     finally:
         stop_process(traffic)
