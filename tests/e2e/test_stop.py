@@ -125,7 +125,8 @@ def test_stuck_reader_does_not_hold_the_stop(
 def test_lost_stream_keeps_every_whole_packet_before_the_cut(
         pair: PodPair, zsniff: Zsniff, tmp_path: Path) -> None:
     """The API server cuts the exec stream after CUT bytes of tcpdump's pcap output, with
-    reconnecting turned off: exit 14, and the file holds exactly the whole packets within those bytes, as tcpdump saw them."""
+    reconnecting turned off: exit 14, and the file holds exactly the whole packets within those
+    bytes, as tcpdump saw them."""
     cut = 20_000
     out = tmp_path / "cut.pcapng"
     ref = RefCapture(pair.cluster, pair.namespace, pair.web, tmp_path / "ref.pcap",
