@@ -34,6 +34,12 @@ __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "Stop
 STOP_GRACE_SECONDS = 10.0
 SLOW_STOP_SECONDS = 1.0  # a stop step taking longer than this is announced
 STATS_INTERVAL = 0.25
+# How often tcpdump is asked for its counters (a line on its stdin, see CAPTURE_SCRIPT). Its
+# answer also keeps a quiet capture's stream busy, well inside any idle timeout on the path
+# (kubelet's is 5 min on hardened clusters, client-go's own websocket gives up after 60 s).
+COUNTERS_INTERVAL = 2.0
+# A new warning about kernel drops only after this long without one.
+DROPS_WARNING_EVERY = 30.0
 
 
 EXIT_FOR_REASON = {
@@ -52,7 +58,8 @@ EXIT_FOR_REASON = {
 class Reporter(Protocol):
     def progress(self, message: str) -> None: ...
 
-    def stats(self, packets: int, data_bytes: int, elapsed: float) -> None: ...
+    def stats(self, packets: int, data_bytes: int, elapsed: float, dropped: int | None = None,
+              reconnecting: int = 0) -> None: ...
 
 
 @dataclass
@@ -66,11 +73,16 @@ class TcpdumpReport:
     dropped: int | None = None
     errors: list[str] = field(default_factory=list)
     _partial: str = ""
+    ended: bool = False  # tcpdump printed its last counters: it ended (not just the stream)
     # The counters of earlier tcpdumps of this capture (before a reconnect): tcpdump's own
     # start from zero.
     _earlier: tuple[int, int, int] = (0, 0, 0)
 
     _COUNTERS = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel)$")
+    # What tcpdump prints on SIGUSR1 while it goes on capturing (4.99: one line).
+    _LIVE_COUNTERS = re.compile(
+        r"^(?:tcpdump: )?(\d+) packets? captured, (\d+) packets? received by filter, "
+        r"(\d+) packets? dropped by kernel")
 
     def feed(self, data: bytes) -> None:
         text = self._partial + data.decode("utf-8", "replace")
@@ -84,6 +96,7 @@ class TcpdumpReport:
         self._earlier = (self.captured or 0, self.received or 0, self.dropped or 0)
         self.pid = None
         self.listening = None
+        self.ended = False
         self._partial = ""
 
     def finish(self) -> None:
@@ -101,6 +114,13 @@ class TcpdumpReport:
         if line.startswith(("listening on ", "tcpdump: listening on ")):
             self.listening = line.removeprefix("tcpdump: ")
             return
+        live = self._LIVE_COUNTERS.match(line)
+        if live:
+            captured, received, dropped = self._earlier
+            self.captured = captured + int(live.group(1))
+            self.received = received + int(live.group(2))
+            self.dropped = dropped + int(live.group(3))
+            return
         match = self._COUNTERS.match(line)
         if match:
             value = int(match.group(1))
@@ -112,6 +132,7 @@ class TcpdumpReport:
                 self.received = received + value
             else:
                 self.dropped = dropped + value
+                self.ended = True
             return
         if line.startswith("tcpdump: verbose output suppressed"):
             return
@@ -340,17 +361,19 @@ class PodStream:
         result: PodCapture = PodCapture(self.pod, self.container, self.report)
         run_task = asyncio.create_task(self.session.run(on_stdout, on_stderr))
         stop_task = asyncio.create_task(stop.wait())
+        counters_task = asyncio.create_task(self._ask_for_counters())
         exec_result = None
         try:
             while True:
                 await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-                lost = _lost(run_task)
+                lost = self._lost(run_task)
                 if lost is None or stop.is_set() or self.reconnector is None:
                     break
                 await self.session.close()
                 if not await self.reconnector.resume(self, lost):
                     break
                 run_task = asyncio.create_task(self.session.run(on_stdout, on_stderr))
+            counters_task.cancel()
             if self.reconnector is not None:
                 result.notes += [gap.note for gap in self.reconnector.gaps]
             if not run_task.done():
@@ -362,6 +385,8 @@ class PodStream:
                     exec_result = run_task.result()
                 except StreamLostError:
                     result.lost = True
+                if lost is not None and not stop.is_set():
+                    result.lost = True
             else:  # the reader thread is still stuck: the stream is abandoned, not awaited
                 run_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -370,6 +395,7 @@ class PodStream:
                     result.notes.append("the stream did not end after the stop; it was dropped")
         finally:
             stop_task.cancel()
+            counters_task.cancel()
             if not self.given_up:
                 await self.session.close()
         self.report.finish()
@@ -412,6 +438,37 @@ class PodStream:
             result.error = tcpdump_failure(self.report, exec_result.exit_code, self.tcpdump,
                                            self.pod, self.container)
         return result
+
+    def _lost(self, run_task: asyncio.Task[Any]) -> ZsniffError | None:
+        """The stream's loss, when the session ended that way (and not by a stop).
+
+        A kubelet that dies mid-exec ends the API server's stream with a Success status (an
+        empty error stream reads as success), as if tcpdump had finished: but a tcpdump that
+        ends prints its counters last, so a success without them is a lost stream too.
+        """
+        if not run_task.done() or run_task.cancelled():
+            return None
+        err = run_task.exception()
+        if isinstance(err, StreamLostError):
+            return err
+        if err is not None or self.stop.is_set():
+            return None
+        ended = run_task.result()
+        if ended.exit_code == 0 and self.report.listening and not self.report.ended:
+            return ZsniffError(
+                f"the exec stream from {self.pod.namespace}/{self.pod.name} ended as a success "
+                "before tcpdump did (closed by the server: its node's kubelet restarted?)",
+                "", ExitStatus.STREAM_LOST)
+        return None
+
+    async def _ask_for_counters(self) -> None:
+        """Every COUNTERS_INTERVAL, once this pod's tcpdump listens, ask for its counters."""
+        while True:
+            await asyncio.sleep(COUNTERS_INTERVAL)
+            if self.report.listening is None or self.reconnecting or self.stop.is_set():
+                continue
+            with contextlib.suppress(Exception):  # a stream going away says so by itself
+                await self.session.send_stdin(b"\n")
 
     def who(self) -> str:
         return f"{self.pod.namespace}/{self.pod.name}: " if self.many else ""
@@ -496,12 +553,18 @@ class PodStream:
         return False
 
 
-def _lost(run_task: asyncio.Task[Any]) -> StreamLostError | None:
-    """The stream's loss, when the session ended that way."""
-    if not run_task.done() or run_task.cancelled():
-        return None
-    err = run_task.exception()
-    return err if isinstance(err, StreamLostError) else None
+def drops_warning(dropped: int, before: int, streams: list[PodStream]) -> str:
+    """Said while capturing, when the kernel starts dropping (again)."""
+    where = ""
+    if len(streams) > 1:
+        where = " (" + ", ".join(f"{s.pod.namespace}/{s.pod.name}: {s.report.dropped:,}"
+                                 for s in streams if s.report.dropped) + ")"
+    buffer_kib = streams[0].tcpdump.buffer_kib
+    return (f"warning: the kernel dropped {plural(dropped, 'packet')}{where}"
+            + (f", {dropped - before:,} since the last warning" if before else "")
+            + ": tcpdump did not read them in time, because the stream to here is slower "
+            "than the traffic, or the pod is short of CPU; a narrower filter, a smaller "
+            f"--snaplen or a larger -B (now {buffer_kib:,} KiB) helps")
 
 
 class CaptureRun:
@@ -645,11 +708,20 @@ class CaptureRun:
         )
 
     async def _report_stats(self, started: float) -> None:
+        warned_at: float | None = None
+        warned_drops = 0
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            self.reporter.stats(
-                self.pipeline.packets, self.pipeline.data_bytes, time.monotonic() - started
-            )
+            counts = [s.report.dropped for s in self.streams]
+            dropped = None if all(c is None for c in counts) else sum(c or 0 for c in counts)
+            reconnecting = sum(s.reconnecting for s in self.streams)
+            now = time.monotonic()
+            self.reporter.stats(self.pipeline.packets, self.pipeline.data_bytes, now - started,
+                                dropped, reconnecting)
+            if dropped and dropped > warned_drops and (
+                    warned_at is None or now - warned_at >= DROPS_WARNING_EVERY):
+                self.reporter.progress(drops_warning(dropped, warned_drops, self.streams))
+                warned_at, warned_drops = now, dropped
             # A reader that went away is noticed now, not at the next packet, which on a
             # quiet pod may never come.
             if self.pipeline.check_readers() and not self._stop.is_set():

@@ -22,6 +22,25 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def status_line(packets: int, data_bytes: int, elapsed: float, dropped: int | None,
+                reconnecting: int) -> list[str | tuple[str, str]]:
+    """The live status line's parts (text, or text and style): what, how much, how fast,
+    what the kernel dropped so far, and a pod's stream being reconnected."""
+    rate = data_bytes / elapsed if elapsed > 0 else 0.0
+    parts: list[str | tuple[str, str]] = [
+        ("reconnecting " if reconnecting else "capturing ",
+         "bold yellow" if reconnecting else "bold green"),
+        f"{plural(packets, 'packet')}, {human_bytes(data_bytes)}, {human_bytes(rate)}/s, ",
+    ]
+    if dropped:
+        parts.append((f"{dropped:,} dropped by the kernel", "bold red"))
+        parts.append(", ")
+    elif dropped == 0:
+        parts.append("0 dropped, ")
+    parts.append(f"{elapsed:.0f} s   (Ctrl-C stops)")
+    return parts
+
+
 class ConsoleReporter:
     def __init__(self, quiet: bool = False, stream: TextIO | None = None,
                  live: bool = True) -> None:
@@ -59,18 +78,14 @@ class ConsoleReporter:
         else:
             self._line(f"zsniff: {message}")
 
-    def stats(self, packets: int, data_bytes: int, elapsed: float) -> None:
+    def stats(self, packets: int, data_bytes: int, elapsed: float, dropped: int | None = None,
+              reconnecting: int = 0) -> None:
         if not self.interactive or not self.live:
             return
         from rich.live import Live
         from rich.text import Text
 
-        rate = data_bytes / elapsed if elapsed > 0 else 0.0
-        line = Text.assemble(
-            ("capturing ", "bold green"),
-            f"{plural(packets, 'packet')}, {human_bytes(data_bytes)}, {human_bytes(rate)}/s, "
-            f"{elapsed:.0f} s   (Ctrl-C stops)",
-        )
+        line = Text.assemble(*status_line(packets, data_bytes, elapsed, dropped, reconnecting))
         with self._lock:
             if self._live is None:
                 self._live = Live(line, console=self._rich(), transient=True, auto_refresh=False)

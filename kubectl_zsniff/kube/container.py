@@ -26,12 +26,17 @@ LIFETIME_SCRIPT = (
 
 # Runs tcpdump with the user's arguments as "$@" (never interpolated by a shell). It reports
 # tcpdump's PID, keeps the heartbeat fresh while tcpdump lives, and stops tcpdump when stdin
-# closes: that is how a client (or the node, when the client vanishes) ends the capture.
+# closes: that is how a client (or the node, when the client vanishes) ends the capture. Each
+# line the client sends on stdin becomes a SIGUSR1, on which tcpdump prints its counters
+# (captured, received, dropped by the kernel) and goes on: live drop counts, and stderr bytes
+# that keep a quiet capture's stream busy from the pod's side. The client sends lines only
+# once tcpdump said "listening" (its handler is set by then; before, USR1 would kill it).
 CAPTURE_SCRIPT = (
     'hb="/tmp/.$1"; shift; '
     'echo "zsniff-pid $$" >&2; '
     "exec 3<&0; "
-    "( cat <&3 >/dev/null; kill -TERM $$ 2>/dev/null ) >/dev/null 2>&1 & "
+    "( while read -r _ <&3; do kill -USR1 $$; done; kill -TERM $$ 2>/dev/null ) "
+    ">/dev/null 2>&1 & "
     '( while kill -0 $$ 2>/dev/null; do touch "$hb"; sleep 2; done ) </dev/null >/dev/null 2>&1 & '
     'exec tcpdump "$@" 3<&-'
 )

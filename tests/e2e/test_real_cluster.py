@@ -190,14 +190,67 @@ def test_replicaset_pods_are_captured_together(cluster: Any, zsniff: Zsniff, pai
                         "?propagationPolicy=Foreground")
 
 
-def test_api_server_restarted_mid_capture(cluster: Any, zsniff: Zsniff, pair: PodPair,
-                                          tmp_path: Path) -> None:
-    """kube-apiserver killed and started again during a capture: the stream is lost (exit
-    14) with a clear message, the file is valid up to its last packet, and kubelet ends the
-    exec, so no tcpdump is left in the pod."""
+def _tcpdumps(cluster: Any, namespace: str, pod: str) -> list[int]:
+    return [p.pid for p in cluster.processes(namespace, pod)
+            if p.container is not None and p.argv and p.argv[0].endswith("tcpdump")]
+
+
+@pytest.mark.parametrize("component", ["kube-apiserver", "kubelet"])
+def test_restarted_mid_capture_the_capture_continues(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path, component: str) -> None:
+    """kube-apiserver or kubelet killed and started again during a capture: zsniff
+    reconnects, the capture goes on into the same file with a gap comment on the first packet
+    after the gap, the summary says when and why, and afterwards exactly one tcpdump runs in
+    the pod (the old one is gone)."""
     out = tmp_path / "restart.pcapng"
     traffic = pair.traffic(icmp=1, seconds=120, pause=0.1, families=(4,))
-    proc = zsniff.start([pair.web, "-w", str(out), "icmp"])
+    proc = zsniff.start([pair.web, "-w", str(out), "icmp"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
+        time.sleep(1.5)
+        before = _tcpdumps(cluster, pair.namespace, pair.web)
+        cluster.restart(component, down_for=1.0)
+        assert proc.stderr is not None
+        said = ""
+        deadline = time.monotonic() + 90
+        while "reconnected: capturing again" not in said and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            said += line
+        assert "reconnected: capturing again" in said, said
+        wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
+        time.sleep(3.0)  # packets after the gap
+        after = _tcpdumps(cluster, pair.namespace, pair.web)
+        proc.send_signal(2)
+        _, rest = proc.communicate(timeout=60)
+        err = said + rest
+    finally:
+        stop_process(proc)
+        stop_process(traffic)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130, err
+    assert "stream lost" in err and "reconnecting for up to" in err, err
+    assert re.search(r"gap from \S+ UTC to \S+ UTC \([\d.]+ s\): ", err), err
+    assert len(after) == 1 and after != before, (before, after)
+    capinfos_ok(out)
+    comments = [row[0] for row in tshark_fields(out, "frame.comment") if row and row[0]]
+    assert len([c for c in comments if "capture gap" in c]) == 1, comments
+    times = [float(row[0]) for row in tshark_fields(out, "frame.time_epoch")]
+    gap_at = next(i for i, row in enumerate(tshark_fields(out, "frame.comment"))
+                  if row and "capture gap" in row[0])
+    assert gap_at >= 10 and len(times) - gap_at >= 10, (gap_at, len(times))
+    assert_no_capture_left(cluster, pair.namespace, pair.web, timeout=30)
+
+
+def test_api_server_restarted_without_reconnect_ends_with_exit_14(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path) -> None:
+    """--reconnect-for 0: the restart ends the capture as before (exit 14) with a clear
+    message, the file is valid up to its last packet, and kubelet ends the exec, so no tcpdump
+    is left in the pod."""
+    out = tmp_path / "restart.pcapng"
+    traffic = pair.traffic(icmp=1, seconds=120, pause=0.1, families=(4,))
+    proc = zsniff.start([pair.web, "-w", str(out), "--reconnect-for", "0", "icmp"])
     try:
         wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
         time.sleep(1.5)
