@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ from tests.e2e.conftest import (
     stop_process,
     tshark_fields,
     wait_capture_live,
+    zsniff_env,
 )
 
 UDP_SEQ = re.compile(rb"zsniff-e2e-udp-(\d+) ")
@@ -152,3 +157,67 @@ def test_reconnect_off_keeps_exit_14_and_a_valid_file(
     capinfos_ok(out)
     assert udp_requests(out, pair.web_ips[0])
     assert_no_capture_left(cluster, pair.namespace, pair.web)
+
+
+def test_kernel_drops_show_while_capturing_with_a_warning(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path) -> None:
+    """tcpdump held (SIGSTOP) while pings flow, with a 256 KiB buffer (4 frames of a veth):
+    the kernel drops packets; once tcpdump runs again the live status line (on a terminal)
+    shows the drop count and a warning names the cause and what helps, before the capture
+    ends, and the summary's count is at least as large."""
+    out = tmp_path / "drops.pcapng"
+    primary, secondary = pty.openpty()
+    env = zsniff_env(zsniff.home, COLUMNS="250", TERM="xterm")
+    proc = subprocess.Popen(zsniff.argv([pair.web, "-n", pair.namespace, "-w", str(out),
+                                         "-B", "256", "icmp"]),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=secondary, env=env)
+    os.close(secondary)
+    seen = bytearray()
+
+    def read_for(seconds: float, until: bytes | None = None) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until in seen):
+            ready, _, _ = select.select([primary], [], [], 0.1)
+            if ready:
+                try:
+                    seen.extend(os.read(primary, 65536))
+                except OSError:
+                    return
+
+    traffic = None
+    try:
+        read_for(60, b"listening on")
+        [pid] = tcpdumps_in(cluster, pair.namespace, pair.web)
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGSTOP)
+        traffic = pair.traffic(icmp=1, seconds=3, pause=0.005, families=(4,))
+        traffic.wait(30)
+        os.kill(pid, signal.SIGCONT)
+        read_for(20, b"warning: the kernel dropped")
+        read_for(1.0)  # a status line or two after it
+        live = bytes(seen)
+        proc.send_signal(signal.SIGINT)
+        read_for(30, b"dropped by the kernel;")
+        proc.wait(30)
+        read_for(1.0)
+    finally:
+        if traffic is not None:
+            stop_process(traffic)
+        stop_process(proc)
+        os.close(primary)
+    text = seen.decode(errors="replace")
+    assert "Traceback" not in text, text
+    assert proc.returncode == 130, text
+    warning = re.search(r"warning: the kernel dropped ([\d,]+) packets: tcpdump did not read "
+                        r"them in time, because the stream to here is slower than the traffic",
+                        live.decode(errors="replace"))
+    assert warning, live
+    assert "a narrower filter, a smaller --snaplen or a larger -B (now 256 KiB) helps" in text
+    plain = re.sub(rb"\x1b\[[0-9;]*m", b"", live).decode(errors="replace")
+    assert re.search(r"capturing [\d,]+ packets?, .*, [\d,]+ dropped by the kernel, \d+ s",
+                     plain), plain
+    early = int(warning.group(1).replace(",", ""))
+    final = re.search(r"([\d,]+) dropped by the kernel;", text)
+    assert final and int(final.group(1).replace(",", "")) >= early > 0, text
+    capinfos_ok(out)
