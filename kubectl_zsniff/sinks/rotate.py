@@ -20,9 +20,8 @@ import os
 import re
 import struct
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,7 +70,6 @@ class RotationResult:
     files: list[Path]  # the files kept, oldest first
     removed: int  # files the ring removed
     bytes_written: int
-    created: list[Path] = field(default_factory=list)  # every file this capture created
 
 
 class RotatingFileSink:
@@ -90,10 +88,8 @@ class RotatingFileSink:
         self._size = 0  # bytes in the current file
         self._packets = 0  # packets in the current file
         self._opened_at = 0.0
-        self._kept: deque[Path] = deque()
         self.removed = 0
         self.bytes_written = 0
-        self.created: list[Path] = []
 
     def bind_preamble(self, preamble: Callable[[], bytes]) -> None:
         """The pipeline's blocks that start a file: SHB, IDBs, every current name."""
@@ -161,7 +157,7 @@ class RotatingFileSink:
             # The file keeps only whole blocks: cut back what a full disk left half-written.
             with contextlib.suppress(OSError):
                 os.ftruncate(out.fileno(), before)
-            raise _write_error(self._path, exc, self._kept) from exc
+            raise _write_error(self._path, exc, self._finished()) from exc
         self._size += len(view)
         self.bytes_written += len(view)
 
@@ -172,17 +168,16 @@ class RotatingFileSink:
     def _open_next(self, *, preamble: bool) -> None:
         ring = self.rotation.ring
         if ring is not None:
-            while len(self._kept) >= ring:
-                oldest = self._kept.popleft()
+            # Files removed + 1 up to the current number are on disk: numbers only grow, so
+            # nothing per file is kept in memory however long the capture runs.
+            while self._number - self.removed >= ring:
                 with contextlib.suppress(FileNotFoundError):
-                    oldest.unlink()
+                    rotated_path(self.base, self.removed + 1).unlink()
                 self.removed += 1
         self._number += 1
         path = rotated_path(self.base, self._number)
         self._file, _ = open_output(path, buffering=0)
         self._path = path
-        self._kept.append(path)
-        self.created.append(path)
         self._size = 0
         self._packets = 0
         self._opened_at = self._clock()
@@ -198,28 +193,32 @@ class RotatingFileSink:
             out.close()
         except OSError as exc:
             assert self._path is not None
-            raise _write_error(self._path, exc, self._kept) from exc
+            raise _write_error(self._path, exc, self._finished()) from exc
+
+    def _finished(self) -> int:
+        """How many files before the current one are on disk, complete."""
+        return max(0, self._number - self.removed - 1)
 
     # -- the end ---------------------------------------------------------------------------
 
     def close(self) -> RotationResult:
         self._close_current()
-        return RotationResult(list(self._kept), self.removed, self.bytes_written,
-                              list(self.created))
+        kept = [rotated_path(self.base, n) for n in range(self.removed + 1, self._number + 1)]
+        return RotationResult(kept, self.removed, self.bytes_written)
 
     def discard_if_empty(self) -> None:
-        """Nothing captured: remove the one empty file this capture may have created."""
+        """Nothing captured: remove the one empty file this capture may have created (a
+        capture that wrote anything has no empty file: each starts with its header)."""
         with contextlib.suppress(Exception):
             self._close_current()
-        for path in self.created:
+        if self._number == 1 and self._path is not None:
             with contextlib.suppress(OSError):
-                if path.is_file() and path.stat().st_size == 0:
-                    path.unlink()
+                if self._path.is_file() and self._path.stat().st_size == 0:
+                    self._path.unlink()
 
 
-def _write_error(path: Path, exc: OSError, kept: deque[Path]) -> ZsniffError:
-    finished = [p for p in kept if p != path]
-    intact = f"; the {len(finished)} finished files before it are intact" if finished else ""
+def _write_error(path: Path, exc: OSError, finished: int) -> ZsniffError:
+    intact = f"; the {finished} finished files before it are intact" if finished else ""
     hint = ("free some space, or write elsewhere with -w; a smaller --ring keeps less on disk"
             if exc.errno == errno.ENOSPC else "")
     return ZsniffError(f"writing {path} failed: {exc.strerror}{intact}", hint,
