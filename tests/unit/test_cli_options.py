@@ -62,6 +62,14 @@ CASES = [
     (["web", "--zeek", "logs", "--no-names"], {"output.zeek_dir": Path("logs"), "names": False}),
     (["web", "--context", "prod", "-n", "shop", "--kubeconfig", "/k"],
      {"kube.context": "prod", "kube.namespace": "shop", "kube.kubeconfig": "/k"}),
+    (["web", "-w", "r.pcapng", "-C", "100", "-W", "3"],  # tcpdump's -C: millions of bytes
+     {"output.rotation.size": 100_000_000, "output.rotation.ring": 3,
+      "output.rotation.every": None}),
+    (["web", "-w", "r.pcapng", "--rotate-size", "1MiB", "-G", "15m"],
+     {"output.rotation.size": 1024 * 1024, "output.rotation.every": 900.0}),
+    (["web"], {"output.rotation.active": False, "reconnect_for": 300.0}),
+    (["web", "--reconnect-for", "0"], {"reconnect_for": 0.0}),
+    (["web", "--reconnect-for", "1h"], {"reconnect_for": 3600.0}),
 ]
 
 
@@ -94,6 +102,13 @@ REFUSED = [
     ([], "give a POD to capture"),
     (["web", "-d", "soon"], "--duration"),
     (["web", "--count", "zero"], "--count"),
+    (["web", "-w", "r.pcapng", "-W", "3"], "add -C SIZE or -G DURATION"),
+    (["web", "-w", "-", "-C", "1M"], "they need -w FILE"),
+    (["web", "--wireshark", "-G", "1m"], "they need -w FILE"),
+    (["web", "-w", "r.pcap", "-C", "1M"], "-C/-G write pcapng files"),
+    (["web", "-w", "r.pcapng", "-C", "0"], "must be more than 0"),
+    (["web", "-w", "r.pcapng", "-W", "0", "-C", "1M"], "--ring"),
+    (["web", "--reconnect-for", "-5s"], "--reconnect-for"),
 ]
 
 
