@@ -134,7 +134,8 @@ class TcpdumpReport:
                 self.dropped = dropped + value
                 self.ended = True
             return
-        if line.startswith("tcpdump: verbose output suppressed"):
+        if line.startswith(("tcpdump: verbose output suppressed", "pcap_stats: ")):
+            # pcap_stats: a counters request (SIGUSR1) that met tcpdump closing its socket.
             return
         self.errors.append(line)
 
