@@ -22,13 +22,12 @@ from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.kube.client import KubeClient, load_client
 from kubectl_zsniff.kube.container import (
     PodInfo,
-    Target,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
-    resolve_targets,
 )
 from kubectl_zsniff.kube.namewatch import NameWatcher
+from kubectl_zsniff.kube.targets import Target, resolve_targets
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
@@ -143,10 +142,11 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     kube = load_client(opts.kube)
     namespace = kube.namespace
     target = opts.target
-    targets = resolve_targets(
+    resolution = resolve_targets(
         kube, namespace, target.pods, target.container, target.selector,
         target.all_namespaces, target.max_pods, reporter.progress,
     )
+    targets = resolution.targets
     levels = _psa_levels(kube, targets)
     targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]
