@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kubectl_zsniff.capture.run import (
     CaptureRun,
@@ -32,6 +32,9 @@ from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
 from kubectl_zsniff.sinks.file import FileSink, refuse_overwrite
+
+if TYPE_CHECKING:
+    from kubectl_zsniff.capture.follow import Following
 
 
 def output_format_for(path: Path | None, explicit: OutputFormat | None) -> OutputFormat:
@@ -171,6 +174,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
 
     sinks: list[Sink] = []
     file_sink: FileSink | None = None
+    following: Following | None = None
     wrote_anything = False
     try:
         sinks = open_sinks(opts, _title(infos, target.selector), book, stdout,
@@ -187,12 +191,21 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
         run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter)
+        if resolution.sources:
+            from kubectl_zsniff.capture.follow import Following
+
+            following = Following(kube, run, pipeline, opts, levels, reporter,
+                                  resolution.sources)
         reporter.progress(
             f"capturing {', '.join(f'{i.namespace}/{i.name}' for i in infos)} "
             f"on {opts.tcpdump.interface}"
             + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
         )
-        summary = asyncio.run(run.run())
+        try:
+            summary = asyncio.run(run.run())
+        finally:
+            if following is not None:
+                following.stop()
         if watcher is not None and watcher.errors:
             summary.notes.append(_watch_note(watcher.errors))
         wrote_anything = pipeline.output_bytes > 0

@@ -124,6 +124,15 @@ class OutputPipeline:
         self._named: dict[str, str] = {}
         self._reowned: dict[str, str] = {}
 
+    def add_lane(self, pod: PodInfo, container: str) -> Lane:
+        """A pod that joins while capturing (a workload's new replica). Its interface is
+        written when its stream's header comes, as the first pods' are (pcapng allows an
+        interface anywhere in a section before its first packet), with its own name."""
+        with self.lock:
+            lane = Lane(self, pod, container)
+            self.lanes.append(lane)
+            return lane
+
     @property
     def accepting(self) -> bool:
         return self.stop_reason is None and bool(self.sinks)
@@ -279,6 +288,7 @@ class OutputPipeline:
                 lane.interface_id, packet_nanosecond=header.nanosecond
             )
             parts.append(self._interface_block(lane, header))
+            parts.append(self._lane_names(lane))
             pcapng = b"".join(parts)
         self._write(pcap=pcap, pcapng=pcapng)
 
@@ -332,6 +342,20 @@ class OutputPipeline:
                 table.setdefault(ip, f"{lane.pod.namespace}/{lane.pod.name}")
         self._named.update(table)
         return [(ip, [name]) for ip, name in sorted(table.items())]
+
+    def _lane_names(self, lane: Lane) -> bytes:
+        """An NRB for a pod's own addresses when the file does not name them so yet: a pod
+        that joined later may be newer than what the name watch has told."""
+        name = f"{lane.pod.namespace}/{lane.pod.name}"
+        entries = [(ip, [name]) for ip in lane.pod.pod_ips if self._named.get(ip) != name]
+        if not entries:
+            return b""
+        for ip, _ in entries:
+            if ip in self._named:
+                self._reowned[ip] = name
+            self._named[ip] = name
+        self.names_written += len(entries)
+        return name_resolution_block(entries)
 
     def _name_updates(self) -> bytes:
         """An NRB for addresses that appeared or changed owner since the last packets."""

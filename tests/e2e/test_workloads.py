@@ -226,3 +226,80 @@ def test_workloads_mix_with_pods_and_are_counted_against_max_pods(
     assert refused.returncode == 2, refused.stderr
     assert "4 pods to capture" in refused.stderr and "--max-pods" in refused.stderr
     assert not (tmp_path / "x.pcapng").exists()
+
+
+def wait_for_line(proc: subprocess.Popen[str], seen: list[str], words: str,
+                  timeout: float = 120) -> str:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = read_line(proc.stderr, 5)
+        seen.append(line)
+        if words in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"no line with {words!r}:\n" + "".join(seen))
+
+
+@pytest.mark.real_only
+def test_the_capture_follows_a_scale_up_and_a_deleted_replica(
+    cluster: Any, client: str, zsniff: Zsniff, tmp_path: Path,
+) -> None:
+    """3 -> 4 replicas mid-capture: the 4th pod's interface and packets join; a deleted
+    replica ends its lane with a note, the capture goes on, and the controller's replacement
+    joins too."""
+    if cluster.kind != "real":
+        pytest.skip("Deployments need a controller")
+    deploy = unique("wl-follow")
+    path = f"/apis/apps/v1/namespaces/{NS}/deployments/{deploy}"
+    create_deployment(cluster, deploy, 3, {"app": deploy})
+    try:
+        first = pod_ips(cluster, f"app={deploy}", 3)
+        out = tmp_path / "follow.pcapng"
+        seen: list[str] = []
+        proc = start_capture(zsniff, [f"deploy/{deploy}"], out)
+        try:
+            wait_listening(proc, 3, seen)
+            cluster.request("PATCH", path, {"spec": {"replicas": 4}},
+                            content_type="application/merge-patch+json")
+            fourth_ips = {n: ip for n, ip in pod_ips(cluster, f"app={deploy}", 4).items()
+                          if n not in first}
+            (fourth, fourth_ip), = fourth_ips.items()
+            wait_for_line(proc, seen, f"{NS}/{fourth} joins the capture (deployment/{deploy})")
+            wait_listening(proc, 1, seen)
+            for ip in [*first.values(), fourth_ip]:
+                ping(cluster, client, ip)
+            gone = sorted(first)[0]
+            cluster.delete_pod(gone, grace=1)
+            wait_for_line(proc, seen, f"{NS}/{gone}: went away; its lane ends here")
+            replacement_ips = {n: ip for n, ip in pod_ips(cluster, f"app={deploy}", 4).items()
+                               if n not in first and n != fourth}
+            (replacement, replacement_ip), = replacement_ips.items()
+            wait_for_line(proc, seen, f"{NS}/{replacement} joins the capture")
+            wait_listening(proc, 1, seen)
+            # The capture goes on: the pods left and the newcomer get more traffic.
+            ping(cluster, client, fourth_ip)
+            ping(cluster, client, replacement_ip)
+            time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        err = "".join(seen) + err
+        assert proc.returncode == 130, err
+        assert "error:" not in err, err
+        expected = {f"{NS}/{name}": 2 * PINGS for name in first}
+        expected[f"{NS}/{fourth}"] = 4 * PINGS
+        expected[f"{NS}/{replacement}"] = 2 * PINGS
+        assert packets_per_interface(out) == expected
+        assert_named_rows(out, client)
+        assert f"{NS}/{gone}: went away" in err
+        for name in [*first, fourth, replacement]:
+            if name != gone:
+                assert_no_capture_left(cluster, NS, name)
+    finally:
+        cluster.request("DELETE", path + "?propagationPolicy=Foreground")
+        wait_until(lambda: not cluster.request(
+            "GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=app={deploy}")["items"],
+            cluster.pod_timeout, "the deployment's pods to go")
