@@ -593,7 +593,10 @@ class CaptureRun:
                     others = any(not t.done() for t in tasks) or self._joining
                     if capture.error is not None and not self._stop.is_set() and others:
                         await self._lane_ended(capture)
+            self.pipeline.finish()  # packets still in the reorder window
             pods = [t.result() for t in tasks]
+            for stream, pod in zip(self.streams, pods, strict=True):
+                pod.packets = stream.lane.packets
         finally:
             self._stop.set()  # nothing joins a capture that is over
             if timer is not None:
@@ -680,5 +683,6 @@ class CaptureRun:
             )
             # A reader that went away is noticed now, not at the next packet, which on a
             # quiet pod may never come.
+            self.pipeline.flush_due()
             if self.pipeline.check_readers() and not self._stop.is_set():
                 self._stop.set()

@@ -190,6 +190,10 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         pipeline = OutputPipeline(
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
+        if (many or resolution.sources) and opts.output.reorder_window > 0:
+            pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
+        if (many or resolution.sources) and opts.output.dedup:
+            pipeline.deduplicate()
         run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter)
         if resolution.sources:
             from kubectl_zsniff.capture.follow import Following

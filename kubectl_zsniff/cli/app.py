@@ -57,17 +57,20 @@ Examples:
 Offline: kubectl zsniff view FILE | convert IN OUT | hosts | enrich LOG...
 """
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+# h, m, s (or a bare number), ms: `5m` is minutes, `5ms` milliseconds.
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?"
+                       r"(?:(\d+(?:\.\d+)?)(?:s|$))?(?:(\d+(?:\.\d+)?)ms)?$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `5m`, `1h30m`, `1.5s` -> seconds (kubectl's --request-timeout style)."""
+    """`90`, `90s`, `5m`, `1h30m`, `1.5s`, `250ms` -> seconds (kubectl's --request-timeout
+    style)."""
     match = _DURATION.match(text.strip())
     if not match or not text.strip():
         raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1h)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
 def parse_size(text: str) -> int:
@@ -331,6 +334,19 @@ def _kube_options(func: Any) -> Any:
     default=600.0,
     help="The capture container exits this long after its last capture. [default: 10m]",
 )
+@click.option(
+    "--reorder-window",
+    type=DURATION,
+    default=0.25,
+    help="Several pods: write packets in time order, holding each up to this long for the "
+    "other pods' streams (0: as they arrive).  [default: 250ms]",
+)
+@click.option(
+    "--dedup",
+    is_flag=True,
+    help="Several pods: write a packet seen leaving one captured pod and entering another "
+    "once (the summary counts the copies dropped).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
 @click.version_option(
@@ -481,6 +497,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             kw["force"],
             zeek_json,
             zeek_selection,
+            reorder_window=kw["reorder_window"],
+            dedup=kw["dedup"],
         ),
         names=not kw["no_names"],
     )
