@@ -111,3 +111,21 @@ def test_equal_times_keep_their_arrival_order() -> None:
     for name in ("a", "b", "c"):
         merger.push(7, 1, name)
     assert merger.ready() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("250ms", 0.25), ("0", 0.0), ("1s", 1.0), ("5m", 300.0), ("1m30s", 90.0), ("90", 90.0),
+    ("1h30m", 5400.0), ("1.5s", 1.5),
+])
+def test_the_window_is_given_as_a_duration(text: str, seconds: float) -> None:
+    from kubectl_zsniff.cli.app import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["banana", "5x", "ms", "1ms5s"])
+def test_what_is_not_a_duration_is_refused(text: str) -> None:
+    from kubectl_zsniff.cli.app import parse_duration
+
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
