@@ -27,7 +27,7 @@ from kubectl_zsniff.kube.container import (
     preflight_refusal,
 )
 from kubectl_zsniff.kube.namewatch import NameWatcher
-from kubectl_zsniff.kube.targets import Target, resolve_targets
+from kubectl_zsniff.kube.targets import Target, host_network_note, resolve_targets
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
@@ -150,6 +150,8 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         target.all_namespaces, target.max_pods, reporter.progress,
     )
     targets = resolution.targets
+    for note in filter(None, map(host_network_note, targets)):
+        reporter.progress(note)
     levels = _psa_levels(kube, targets)
     targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]

@@ -194,6 +194,15 @@ class Target:
     container: str  # whose namespaces the capture container shares
 
 
+def host_network_note(target: Target) -> str | None:
+    """A hostNetwork pod shares the node's network: what is captured there is the node's."""
+    if not field(target.pod, "spec", "hostNetwork"):
+        return None
+    info = target.info
+    return (f"note: {info.namespace}/{info.name} uses the host network: its traffic is node "
+            f"{info.node or '?'}'s, every pod on that network and the node itself")
+
+
 @dataclass(frozen=True)
 class PodSource:
     """Where pods come from besides named ones: a workload's or `-l`'s selector in a

@@ -303,3 +303,41 @@ def test_the_capture_follows_a_scale_up_and_a_deleted_replica(
         wait_until(lambda: not cluster.request(
             "GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=app={deploy}")["items"],
             cluster.pod_timeout, "the deployment's pods to go")
+
+
+@pytest.mark.real_only
+def test_max_pods_still_bounds_a_followed_capture(
+    cluster: Any, client: str, zsniff: Zsniff, tmp_path: Path,
+) -> None:
+    if cluster.kind != "real":
+        pytest.skip("Deployments need a controller")
+    deploy = unique("wl-bound")
+    path = f"/apis/apps/v1/namespaces/{NS}/deployments/{deploy}"
+    create_deployment(cluster, deploy, 2, {"app": deploy})
+    try:
+        first = pod_ips(cluster, f"app={deploy}", 2)
+        out = tmp_path / "bound.pcapng"
+        seen: list[str] = []
+        proc = start_capture(zsniff, [f"deploy/{deploy}", "--max-pods", "2"], out)
+        try:
+            wait_listening(proc, 2, seen)
+            cluster.request("PATCH", path, {"spec": {"replicas": 3}},
+                            content_type="application/merge-patch+json")
+            third = next(n for n in pod_ips(cluster, f"app={deploy}", 3) if n not in first)
+            wait_for_line(proc, seen, f"{NS}/{third} (deployment/{deploy}) is not captured: "
+                          "--max-pods 2 pods are captured already")
+            for ip in first.values():
+                ping(cluster, client, ip)
+            time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 130, "".join(seen) + err
+        assert packets_per_interface(out) == {f"{NS}/{name}": 2 * PINGS for name in first}
+        assert not cluster.get_pod(third).get("spec", {}).get("ephemeralContainers")
+    finally:
+        cluster.request("DELETE", path + "?propagationPolicy=Foreground")
+        wait_until(lambda: not cluster.request(
+            "GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=app={deploy}")["items"],
+            cluster.pod_timeout, "the deployment's pods to go")

@@ -20,7 +20,9 @@ from kubectl_zsniff.kube.targets import (
     SERVICE,
     STATEFULSET,
     Kind,
+    Target,
     TargetRef,
+    host_network_note,
     parse_target,
     parse_targets,
     selector_string,
@@ -159,3 +161,16 @@ def test_the_command_line_refuses_bad_targets_before_any_request(
     for w in words:
         assert w in result.stderr
     assert "kubeconfig" not in result.stderr
+
+
+def test_a_host_network_pod_is_said_to_carry_the_nodes_traffic() -> None:
+    from kubectl_zsniff.kube.container import describe_pod
+
+    pod = {"metadata": {"namespace": "kube-system", "name": "proxy-1"},
+           "spec": {"nodeName": "worker-1", "hostNetwork": True, "containers": [{"name": "p"}]},
+           "status": {"phase": "Running"}}
+    note = host_network_note(Target(pod, describe_pod(pod), "p"))
+    assert note is not None
+    assert "kube-system/proxy-1 uses the host network" in note and "worker-1" in note
+    pod["spec"]["hostNetwork"] = False
+    assert host_network_note(Target(pod, describe_pod(pod), "p")) is None
