@@ -44,7 +44,8 @@ class Following:
         self.levels = dict(levels)
         self.reporter = reporter
         known = {(lane.pod.namespace, lane.pod.name) for lane in pipeline.lanes}
-        self.follower = PodFollower(kube, sources, known, self._on_new_pod)
+        self.follower = PodFollower(kube, sources, known, self._on_new_pod,
+                                    reporter.progress)
         self._pool = ThreadPoolExecutor(max_workers=PREPARING_AT_ONCE,
                                         # the CLI's exit does not wait for zsniff-watch
                                         # threads (see cli/app.py _exit)

@@ -397,7 +397,7 @@ class TargetUsageError(click.UsageError):
 def split_targets(words: list[str], selector: str | None) -> tuple[list[str], list[str]]:
     """(targets, filter words): the first word is a target (unless -l is given), then
     KIND/NAME or NS/NAME words. Each target is checked here, before any request."""
-    from kubectl_zsniff.kube.targets import parse_target
+    from kubectl_zsniff.kube.targets import POD, parse_target
 
     words = list(words)
     targets: list[str] = []
@@ -416,12 +416,16 @@ def split_targets(words: list[str], selector: str | None) -> tuple[list[str], li
                 f"is not how a filter starts: to capture pod {words[0]}, leave out -l; to "
                 f"add it to the selected pods, name it pod/{words[0]} (a filter can also be "
                 "given with -f)")
+    named = []
     for word in targets:
         try:
-            parse_target(word)
+            ref = parse_target(word)
         except ZsniffError as err:
             raise TargetUsageError(err.message, err.hint) from err
-    return targets, words
+        # Pods as zsniff prints them (NAME or NS/NAME); other kinds as the user wrote them.
+        named.append(word if ref.kind is not POD else
+                     f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name)
+    return named, words
 
 
 def build_capture_options(**kw: Any) -> CaptureOptions:

@@ -1,9 +1,10 @@
 """Follow the pods a workload or selector stands for while a capture runs.
 
-One thread per source lists its pods, then watches them (resuming from the list's version, so
-no pod is missed between the two; a watch that expires, 410 Gone, is followed by a new list).
+One thread per source lists its pods, then watches them, through the one list-and-watch driver
+(kube/watch.py: no pod is missed between list and watch; a lost watch is followed by a list).
 A running pod that is not captured yet is announced once; what happens to it is the caller's.
-Pods that go away need no word from here: their capture stream ends by itself.
+Pods that go away (deleted, finished, or missing from a new list) are put in `leaving`: their
+capture stream ends by itself, and the run reads there that the pod went away.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from collections.abc import Callable
 
 from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field
 from kubectl_zsniff.kube.targets import PodSource
-
-WATCH_SECONDS = 30
-RETRY_SECONDS = 1.0
+from kubectl_zsniff.kube.watch import Listed, list_and_watch
 
 OnPod = Callable[[PodSource, JSON], None]
 
@@ -43,10 +42,12 @@ class PodFollower:
     becomes joinable and is not among `known` yet; each pod is announced once."""
 
     def __init__(self, kube: KubeClient, sources: list[PodSource],
-                 known: set[tuple[str, str]], on_new_pod: OnPod) -> None:
+                 known: set[tuple[str, str]], on_new_pod: OnPod,
+                 on_gave_up: Callable[[str], None]) -> None:
         self.kube = kube
         self.sources = sources
         self.on_new_pod = on_new_pod
+        self.on_gave_up = on_gave_up  # why a source is no longer followed
         self.errors: list[str] = []  # watch failures (retried): for --debug and the tests
         self._known = set(known)
         # Pods of the sources that are going or gone (deleted, evicted, finished): a capture
@@ -78,35 +79,27 @@ class PodFollower:
 
     def _follow(self, source: PodSource) -> None:
         path = api_path("pods", namespace=source.namespace)
-        rv: str | None = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    listed = self.kube.get("list pods", path, labelSelector=source.selector)
-                    for pod in listed.get("items") or ():
-                        self._offer(source, pod)
-                    rv = str(field(listed, "metadata", "resourceVersion") or "") or None
-                for event in self.kube.watch(
-                        "watch pods", path, WATCH_SECONDS, labelSelector=source.selector,
-                        resourceVersion=rv, allowWatchBookmarks=True):
-                    if self._stop.is_set():
-                        return
-                    obj = event.get("object")
-                    if not isinstance(obj, dict):
-                        continue
-                    if event.get("type") == "ERROR":  # 410 Gone: list again
-                        rv = None
-                        break
-                    rv = str(field(obj, "metadata", "resourceVersion") or "") or rv
-                    if event.get("type") == "DELETED" or leaving(obj):
-                        self.leaving.add(pod_key(obj))
-                    elif event.get("type") in ("ADDED", "MODIFIED"):
-                        self._offer(source, obj)
-            except Exception as exc:  # a lost watch must never stop a capture
-                if self._stop.is_set():
-                    return
-                status = getattr(exc, "status", None)
-                self.errors.append(f"{source.label}: {type(exc).__name__} {status or ''}")
-                if status == 410:
-                    rv = None
-                self._stop.wait(RETRY_SECONDS)
+        selected: set[tuple[str, str]] = set()  # what this source has matched so far
+        try:
+            for item in list_and_watch(self.kube, "pods", path, stop=self._stop,
+                                       on_error=self.errors.append,
+                                       labelSelector=source.selector):
+                if isinstance(item, Listed):
+                    present = {pod_key(pod) for pod in item.items}
+                    self.leaving.update(selected - present)  # deleted while unwatched
+                    selected |= present
+                    for pod in item.items:
+                        self._seen(source, "MODIFIED", pod)
+                else:
+                    selected.add(pod_key(item.obj))
+                    self._seen(source, item.type, item.obj)
+        except Exception as exc:  # refused (RBAC) or the first list failed: stop following
+            if not self._stop.is_set():
+                self.on_gave_up(f"{source.label}: not following its pods any more: "
+                                f"{getattr(exc, 'message', None) or exc}")
+
+    def _seen(self, source: PodSource, change: str, pod: JSON) -> None:
+        if change == "DELETED" or leaving(pod):
+            self.leaving.add(pod_key(pod))
+        else:
+            self._offer(source, pod)
