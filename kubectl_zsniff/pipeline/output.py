@@ -209,9 +209,9 @@ class OutputPipeline:
         stats = merger.stats
         if stats.late:
             self.notes.append(
-                f"{plural(stats.late, 'packet')} written out of time order (a pod's stream "
-                f"lagged the others by more than the {merger.window_ns / 1e6:g} ms window; "
-                f"up to {stats.max_backstep_ns / 1e6:.1f} ms back)")
+                f"{plural(stats.late, 'packet')} left the {merger.window_ns / 1e6:g} ms "
+                "reorder window out of time order (their pod's stream lagged the others by "
+                f"more than the window; up to {stats.max_backstep_ns / 1e6:.1f} ms back)")
         if stats.forced:
             self.notes.append(
                 f"{plural(stats.forced, 'packet')} left the reorder window early: it was full "
