@@ -341,3 +341,23 @@ def test_max_pods_still_bounds_a_followed_capture(
         wait_until(lambda: not cluster.request(
             "GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=app={deploy}")["items"],
             cluster.pod_timeout, "the deployment's pods to go")
+
+
+@pytest.mark.real_only
+def test_a_workload_the_user_may_not_read_is_refused_with_the_permission_named(
+    cluster: Any, deployment: tuple[str, str], zsniff: Zsniff, tmp_path: Path,
+) -> None:
+    """The limited user may read pods but not deployments: one line, the verb and resource
+    to ask for, exit 5, nothing changed."""
+    deploy, _ = deployment
+    out = tmp_path / "x.pcapng"
+    result = zsniff.run([f"deploy/{deploy}", "--context", cluster.limited_context,
+                         "-w", str(out)])
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert "forbidden" in result.stderr.lower()
+    hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
+    assert "get` on deployments.apps" in hint and "kubectl auth can-i get deployments.apps" in hint
+    assert not out.exists()
+    for pod in running_pods(cluster, f"app={deploy}"):
+        assert not pod["spec"].get("ephemeralContainers")
