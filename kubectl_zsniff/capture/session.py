@@ -156,14 +156,18 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]
     many = len(targets) > 1
-    if many and opts.output.zeek:
+    if many and opts.output.zeek and not opts.output.dedup:
         # Each captured pod's stream carries the packets it sent and received: those between
-        # two captured pods come twice. Dropping the copies is the pipeline's dedup (not yet).
+        # two captured pods come twice unless the pipeline's dedup drops the copies.
         reporter.progress(
-            "warning: --zeek with several pods: a packet between two captured pods is in "
-            "both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
-            "retransmissions, two dns.log rows per query); capture one end of such "
-            "conversations for Zeek")
+            "warning: --zeek with several pods and --no-dedup: a packet between two captured "
+            "pods is in both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
+            "retransmissions, two dns.log rows per query); leave --no-dedup out")
+    elif many and opts.output.zeek and opts.output.path is not None:
+        reporter.progress(
+            "--zeek: packets seen at both ends are written once, for Zeek and in "
+            f"{'standard output' if opts.output.to_stdout else opts.output.path} alike "
+            "(--no-dedup keeps both copies, and Zeek then counts them twice)")
 
     book: NameBook | None = None
     watcher: NameWatcher | None = None

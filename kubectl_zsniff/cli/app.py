@@ -342,10 +342,12 @@ def _kube_options(func: Any) -> Any:
     "other pods' streams (0: as they arrive).  [default: 250ms]",
 )
 @click.option(
-    "--dedup",
-    is_flag=True,
+    "--dedup/--no-dedup",
+    default=None,
     help="Several pods: write a packet seen leaving one captured pod and entering another "
-    "once (the summary counts the copies dropped).",
+    "once (the summary counts the copies dropped). On by default with --zeek/--zeek-json "
+    "(Zeek would count each such packet twice), off otherwise (both timestamps show the "
+    "latency between the pods).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
@@ -502,7 +504,8 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             zeek_json,
             zeek_selection,
             reorder_window=kw["reorder_window"],
-            dedup=kw["dedup"],
+            # Zeek must see each packet once; a capture file keeps both ends unless asked.
+            dedup=kw["dedup"] if kw["dedup"] is not None else bool(zeek_dir or zeek_json),
         ),
         names=not kw["no_names"],
     )
