@@ -118,6 +118,11 @@ class OutputOptions:
     zeek_json: str | None = None  # --zeek-json FILE, or "-" for standard output
     zeek_selection: RowSelection | None = None  # --zeek-logs / --zeek-only
     rotation: RotationOptions = field(default_factory=RotationOptions)
+    # Several pods: packets in time order through a reorder window this long (0: arrival order).
+    reorder_window: float = 0.25
+    # Several pods: a packet seen at both ends (leaving one captured pod, entering another)
+    # is written once (pipeline/dedup.py).
+    dedup: bool = False
 
     @property
     def zeek(self) -> bool:

@@ -14,7 +14,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +42,7 @@ STATS_INTERVAL = 0.25
 COUNTERS_INTERVAL = 2.0
 # A new warning about kernel drops only after this long without one.
 DROPS_WARNING_EVERY = 30.0
+LEAVING_WAIT_SECONDS = 3.0  # how long a followed pod's ended lane waits for word of its deletion
 
 
 EXIT_FOR_REASON = {
@@ -587,6 +590,8 @@ class CaptureRun:
         self._give_up = asyncio.Event()
         self._signal_reason: StopReason | None = None
         self._signals = 0
+        self.endpoint = endpoint
+        self.tcpdump = tcpdump
         self.streams = [
             PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop, self._give_up,
                       reconnect_for)
@@ -594,6 +599,18 @@ class CaptureRun:
         ]
         for stream in self.streams:
             stream.many = len(self.streams) > 1
+        # Following a workload: pods join while capturing (join), and one that goes away ends
+        # its lane with a note while others are left. Set before run(); `leaving` is the
+        # follower's set of (namespace, pod) that are going or gone.
+        self.following = False
+        self.leaving: set[tuple[str, str]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[PodCapture]] = []
+        self._joined = asyncio.Event()
+        self._joining = 0
+        self._joining_lock = threading.Lock()
+        # Called once every first stream is connected (the loop runs): starts the following.
+        self.on_started: Callable[[], None] | None = None
 
     def request_stop(self, reason: StopReason) -> None:
         if self._signal_reason is None:
@@ -621,10 +638,43 @@ class CaptureRun:
             )
             raise
 
+    def joining(self, delta: int) -> None:
+        """A pod is being prepared to join (+1), or that is over (-1): the capture waits for
+        it even when every other pod has gone. From any thread."""
+        with self._joining_lock:
+            self._joining += delta
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def live_pods(self) -> int:
+        return sum(not t.done() for t in self._tasks)
+
+    async def join(self, lane: Lane) -> bool:
+        """Start capturing a pod that joined the pipeline while capturing. False: the
+        capture is stopping, the pod is not joined."""
+        if self._stop.is_set():
+            return False
+        stream = PodStream(self.endpoint, lane, self.tcpdump, self.limits, self.reporter,
+                           self._stop, self._give_up)
+        stream.many = True
+        await stream.connect()
+        self.streams.append(stream)
+        self._tasks.append(asyncio.create_task(stream.run()))
+        self._joined.set()
+        return True
+
     async def run(self) -> CaptureSummary:
         loop = asyncio.get_running_loop()
+        self.loop = loop
         started = time.monotonic()
+        if self.following:
+            for stream in self.streams:
+                stream.many = True
         await self._connect_all()
+        if self.on_started is not None:
+            self.on_started()
         installed: list[signal.Signals] = []
         for signum, signal_reason in (
             (signal.SIGINT, StopReason.INTERRUPTED),
@@ -640,25 +690,58 @@ class CaptureRun:
             if duration else None
         stats_task = asyncio.create_task(self._report_stats(started))
         try:
-            tasks = [asyncio.create_task(s.run()) for s in self.streams]
+            tasks = self._tasks
+            tasks.extend(asyncio.create_task(s.run()) for s in self.streams)
             pods: list[PodCapture] = []
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+            seen: set[asyncio.Task[PodCapture]] = set()
+            while True:
+                pending = {t for t in tasks if t not in seen}
+                if not pending and not (self._joining and not self._stop.is_set()):
+                    break
+                self._joined.clear()
+                woken = asyncio.create_task(self._joined.wait())
+                done, _ = await asyncio.wait(pending | {woken}, timeout=None if pending else 1.0,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                for task in [t for t in pending if t in done]:
+                    seen.add(task)
                     capture = task.result()
-                    if capture.error is not None and not self._stop.is_set() and pending:
-                        self.reporter.progress(
-                            f"{capture.pod.namespace}/{capture.pod.name}: {capture.error.message}"
-                        )
+                    others = any(not t.done() for t in tasks) or self._joining
+                    if capture.error is not None and not self._stop.is_set() and others:
+                        await self._lane_ended(capture)
+            self.pipeline.finish()  # packets still in the reorder window
             pods = [t.result() for t in tasks]
+            for stream, pod in zip(self.streams, pods, strict=True):
+                pod.packets = stream.lane.packets
         finally:
+            self._stop.set()  # nothing joins a capture that is over
             if timer is not None:
                 timer.cancel()
             stats_task.cancel()
             for installed_signal in installed:
                 loop.remove_signal_handler(installed_signal)
         return self._summary(pods, started)
+
+    async def _lane_ended(self, capture: PodCapture) -> None:
+        """One pod's capture ended early while others go on: say so now. A followed pod that
+        went away (a replica deleted, a rollout) is a note, not the capture's failure: its
+        stream ends however the kill reaches it (tcpdump killed, exit 137; the exec stream
+        cut), so what tells is the pod's deletion, which the API states before kubelet stops
+        the containers (waited for a moment, in case the watch is behind)."""
+        who = f"{capture.pod.namespace}/{capture.pod.name}"
+        key = (capture.pod.namespace, capture.pod.name)
+        assert capture.error is not None
+        deadline = time.monotonic() + LEAVING_WAIT_SECONDS
+        while self.following and key not in self.leaving and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self.following and key in self.leaving:
+            note = (f"went away; its lane ends here ({plural(capture.packets, 'packet')}), "
+                    "the capture goes on")
+            capture.notes.append(note)
+            capture.error = None
+            self.reporter.progress(f"{who}: {note}")
+            return
+        self.reporter.progress(f"{who}: {capture.error.message}")
 
     def _summary(self, pods: list[PodCapture], started: float) -> CaptureSummary:
         pipeline = self.pipeline
@@ -725,5 +808,6 @@ class CaptureRun:
                 warned_at, warned_drops = now, dropped
             # A reader that went away is noticed now, not at the next packet, which on a
             # quiet pod may never come.
+            self.pipeline.flush_due()
             if self.pipeline.check_readers() and not self._stop.is_set():
                 self._stop.set()

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kubectl_zsniff.capture.run import (
     CaptureRun,
@@ -22,17 +22,19 @@ from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.kube.client import KubeClient, load_client
 from kubectl_zsniff.kube.container import (
     PodInfo,
-    Target,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
-    resolve_targets,
 )
 from kubectl_zsniff.kube.namewatch import NameWatcher
+from kubectl_zsniff.kube.targets import Target, host_network_note, resolve_targets
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
 from kubectl_zsniff.sinks.file import refuse_overwrite
+
+if TYPE_CHECKING:
+    from kubectl_zsniff.capture.follow import Following
 
 
 def output_format_for(path: Path | None, explicit: OutputFormat | None) -> OutputFormat:
@@ -152,22 +154,29 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     kube = load_client(opts.kube)
     namespace = kube.namespace
     target = opts.target
-    targets = resolve_targets(
+    resolution = resolve_targets(
         kube, namespace, target.pods, target.container, target.selector,
         target.all_namespaces, target.max_pods, reporter.progress,
     )
+    targets = resolution.targets
+    for note in filter(None, map(host_network_note, targets)):
+        reporter.progress(note)
     levels = _psa_levels(kube, targets)
     targets = _preflight(targets, levels, opts, reporter)
     infos = [t.info for t in targets]
     many = len(targets) > 1
-    if many and opts.output.zeek:
+    if many and opts.output.zeek and not opts.output.dedup:
         # Each captured pod's stream carries the packets it sent and received: those between
-        # two captured pods come twice. Dropping the copies is the pipeline's dedup (not yet).
+        # two captured pods come twice unless the pipeline's dedup drops the copies.
         reporter.progress(
-            "warning: --zeek with several pods: a packet between two captured pods is in "
-            "both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
-            "retransmissions, two dns.log rows per query); capture one end of such "
-            "conversations for Zeek")
+            "warning: --zeek with several pods and --no-dedup: a packet between two captured "
+            "pods is in both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
+            "retransmissions, two dns.log rows per query); leave --no-dedup out")
+    elif many and opts.output.zeek and opts.output.path is not None:
+        reporter.progress(
+            "--zeek: packets seen at both ends are written once, for Zeek and in "
+            f"{'standard output' if opts.output.to_stdout else opts.output.path} alike "
+            "(--no-dedup keeps both copies, and Zeek then counts them twice)")
 
     book: NameBook | None = None
     watcher: NameWatcher | None = None
@@ -180,6 +189,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
 
     sinks: list[Sink] = []
     file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
+    following: Following | None = None
     wrote_anything = False
     try:
         sinks = open_sinks(opts, _title(infos, target.selector), book, stdout,
@@ -195,14 +205,27 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         pipeline = OutputPipeline(
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
+        if (many or resolution.sources) and opts.output.reorder_window > 0:
+            pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
+        if (many or resolution.sources) and opts.output.dedup:
+            pipeline.deduplicate()
         run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter,
                          opts.reconnect_for)
+        if resolution.sources:
+            from kubectl_zsniff.capture.follow import Following
+
+            following = Following(kube, run, pipeline, opts, levels, reporter,
+                                  resolution.sources)
         reporter.progress(
             f"capturing {', '.join(f'{i.namespace}/{i.name}' for i in infos)} "
             f"on {opts.tcpdump.interface}"
             + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
         )
-        summary = asyncio.run(run.run())
+        try:
+            summary = asyncio.run(run.run())
+        finally:
+            if following is not None:
+                following.stop()
         if watcher is not None and watcher.errors:
             summary.notes.append(_watch_note(watcher.errors))
         wrote_anything = pipeline.output_bytes > 0

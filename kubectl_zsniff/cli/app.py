@@ -58,17 +58,20 @@ Examples:
 Offline: kubectl zsniff view FILE | convert IN OUT | hosts | enrich LOG...
 """
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+# h, m, s (or a bare number), ms: `5m` is minutes, `5ms` milliseconds.
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?"
+                       r"(?:(\d+(?:\.\d+)?)(?:s|$))?(?:(\d+(?:\.\d+)?)ms)?$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `5m`, `1h30m`, `1.5s` -> seconds (kubectl's --request-timeout style)."""
+    """`90`, `90s`, `5m`, `1h30m`, `1.5s`, `250ms` -> seconds (kubectl's --request-timeout
+    style)."""
     match = _DURATION.match(text.strip())
     if not match or not text.strip():
         raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1h)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
 def parse_size(text: str) -> int:
@@ -195,7 +198,7 @@ def _kube_options(func: Any) -> Any:
     context_settings={"help_option_names": ["-h", "--help"]},
     cls=_CaptureCommand,
 )
-@click.argument("words", nargs=-1, metavar="POD [pod/POD...] [BPF FILTER...]")
+@click.argument("words", nargs=-1, metavar="POD|KIND/NAME [KIND/NAME...] [BPF FILTER...]")
 @_kube_options
 @click.option(
     "-l",
@@ -360,6 +363,21 @@ def _kube_options(func: Any) -> Any:
     default=600.0,
     help="The capture container exits this long after its last capture. [default: 10m]",
 )
+@click.option(
+    "--reorder-window",
+    type=DURATION,
+    default=0.25,
+    help="Several pods: write packets in time order, holding each up to this long for the "
+    "other pods' streams (0: as they arrive).  [default: 250ms]",
+)
+@click.option(
+    "--dedup/--no-dedup",
+    default=None,
+    help="Several pods: write a packet seen leaving one captured pod and entering another "
+    "once (the summary counts the copies dropped). On by default with --zeek/--zeek-json "
+    "(Zeek would count each such packet twice), off otherwise (both timestamps show the "
+    "latency between the pods).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
 @click.version_option(
@@ -367,8 +385,9 @@ def _kube_options(func: Any) -> Any:
     help="Show the version and exit.",
 )
 def capture_command(**kw: Any) -> None:
-    """Capture the traffic of POD (or pod/POD) into a pcapng file, stdout, Wireshark, Zeek or
-    the terminal. Pod, service and node addresses appear as their names."""
+    """Capture the traffic of POD (or pod/POD, NS/POD, deploy/NAME, sts/, ds/, rs/, job/,
+    svc/NAME: their pods) into a pcapng file, stdout, Wireshark, Zeek or the terminal. Pod,
+    service and node addresses appear as their names."""
     opts = build_capture_options(**kw)
     # The terminal view prints rows on the same terminal: no live status line over them.
     reporter = _make_reporter(kw["quiet"], live=not opts.output.view)
@@ -376,14 +395,6 @@ def capture_command(**kw: Any) -> None:
     sys.exit(status)
 
 
-# kubectl's names of what is not a pod: `deploy/web` is refused, any other `X/NAME` is NS/POD.
-NOT_PODS = frozenset({
-    "deploy", "deployment", "deployments", "sts", "statefulset", "statefulsets", "ds",
-    "daemonset", "daemonsets", "rs", "replicaset", "replicasets", "job", "jobs", "cj",
-    "cronjob", "cronjobs", "svc", "service", "services", "no", "node", "nodes", "ns",
-    "namespace", "namespaces", "ep", "endpoints", "ing", "ingress", "rc",
-    "replicationcontroller",
-})
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Words a BPF expression can start with (pcap-filter(7)); with -l the trailing words are the
 # filter, so a word that is none of these is a pod named by mistake (`web -l app=web`).
@@ -398,24 +409,36 @@ _BPF_WORDS = """
 BPF_FIRST_WORDS = frozenset(_BPF_WORDS.split())
 
 
-def _names_a_pod(word: str) -> bool:
-    """`pod/NAME`, `NS/NAME` (or `deploy/NAME`, refused later) rather than a filter word."""
+def _names_a_target(word: str) -> bool:
+    """`pod/NAME`, `NS/NAME`, `deploy/NAME`, `svc/NAME`... rather than a filter word."""
+    from kubectl_zsniff.kube.targets import is_kind_word
+
     prefix, _, name = word.partition("/")
-    return bool(name) and _DNS_LABEL.match(prefix) is not None
+    return bool(name) and (_DNS_LABEL.match(prefix) is not None or is_kind_word(prefix))
+
+
+class TargetUsageError(click.UsageError):
+    """A target word zsniff cannot read: its own hint instead of `see --help`."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def split_targets(words: list[str], selector: str | None) -> tuple[list[str], list[str]]:
-    """(pods, filter words): the first word is a pod (unless -l is given), then pod/NAME or
-    NS/NAME words. Pods come back as NAME or NS/NAME."""
+    """(targets, filter words): the first word is a target (unless -l is given), then
+    KIND/NAME or NS/NAME words. Each target is checked here, before any request."""
+    from kubectl_zsniff.kube.targets import POD, parse_target
+
     words = list(words)
-    pods: list[str] = []
+    targets: list[str] = []
     if not selector:
         if not words:
             raise click.UsageError("give a POD to capture (or -l SELECTOR)")
-        pods.append(words.pop(0))
-    while words and _names_a_pod(words[0]):
-        pods.append(words.pop(0))
-    if selector and not pods and words:
+        targets.append(words.pop(0))
+    while words and _names_a_target(words[0]):
+        targets.append(words.pop(0))
+    if selector and not targets and words:
         first = words[0].split("[", 1)[0].lower()
         if (_DNS_LABEL.match(first) and first not in BPF_FIRST_WORDS
                 and not first.isdigit()):
@@ -424,26 +447,16 @@ def split_targets(words: list[str], selector: str | None) -> tuple[list[str], li
                 f"is not how a filter starts: to capture pod {words[0]}, leave out -l; to "
                 f"add it to the selected pods, name it pod/{words[0]} (a filter can also be "
                 "given with -f)")
-    names = []
-    for pod in pods:
-        if pod.count("/") > 1:
-            kind, _, rest = pod.partition("/")
-            if kind in ("pod", "pods", "po"):
-                pod = rest  # pod/NS/NAME
-        if "/" in pod:
-            kind, _, name = pod.partition("/")
-            if kind in NOT_PODS or not name or "/" in name:
-                raise click.BadParameter(
-                    f"only pods can be named, not {kind!r}: select a workload's pods with -l "
-                    "(kubectl get pods --show-labels)",
-                    param_hint="POD",
-                )
-            if kind not in ("pod", "pods", "po"):
-                names.append(f"{kind}/{name}")  # NS/POD, as zsniff prints pods
-                continue
-            pod = name
-        names.append(pod)
-    return names, words
+    named = []
+    for word in targets:
+        try:
+            ref = parse_target(word)
+        except ZsniffError as err:
+            raise TargetUsageError(err.message, err.hint) from err
+        # Pods as zsniff prints them (NAME or NS/NAME); other kinds as the user wrote them.
+        named.append(word if ref.kind is not POD else
+                     f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name)
+    return named, words
 
 
 def build_capture_options(**kw: Any) -> CaptureOptions:
@@ -536,7 +549,10 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
             kw["force"],
             zeek_json,
             zeek_selection,
-            rotation,
+            reorder_window=kw["reorder_window"],
+            # Zeek must see each packet once; a capture file keeps both ends unless asked.
+            dedup=kw["dedup"] if kw["dedup"] is not None else bool(zeek_dir or zeek_json),
+            rotation=rotation,
         ),
         names=not kw["no_names"],
         reconnect_for=kw["reconnect_for"],
@@ -915,23 +931,30 @@ def enrich_command(
 def leftovers_command(pods: tuple[str, ...], debug: bool, **kw: Any) -> None:
     """List the capture containers zsniff left in pods, running or exited (ephemeral
     containers cannot be removed; a running one exits after its --idle-lifetime)."""
+    from kubectl_zsniff.kube.targets import POD, parse_target
+
     reporter = _make_reporter(False)
+    # Usage errors before anything runs: click reports them (exit 2), not _run.
+    names, extra = split_targets(list(pods), None)
+    if extra:
+        raise click.UsageError(f"not a pod: {extra[0]!r} (name more pods as pod/NAME)")
+    refs = [parse_target(word) for word in names]  # split_targets checked each
+    if any(ref.kind is not POD for ref in refs):
+        raise click.UsageError("leftovers lists capture containers of pods: name pods "
+                               "(NAME, NS/NAME, pod/NAME)")
 
     def action() -> int:
         from kubectl_zsniff.cli.streams import standard_output
         from kubectl_zsniff.kube.client import load_client
         from kubectl_zsniff.kube.container import get_pod, leftovers
 
-        names, extra = split_targets(list(pods), None)
-        if extra:
-            raise click.UsageError(f"not a pod: {extra[0]!r} (name more pods as pod/NAME)")
         kube = load_client(
             KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])
         )
         lines = []
-        for target in names:
-            where, _, name = target.rpartition("/")
-            namespace = where or kube.namespace
+        for ref in refs:
+            name = ref.name
+            namespace = ref.namespace or kube.namespace
             found = leftovers(get_pod(kube, namespace, name))
             if not found:
                 lines.append(f"{namespace}/{name}: no zsniff capture container")
@@ -1010,6 +1033,8 @@ KSNIFF_FLAGS = {
 
 def usage_hint(exc: click.ClickException) -> str:
     """The hint line of a usage error: a ksniff flag's replacement, else where help is."""
+    if isinstance(exc, TargetUsageError):
+        return exc.hint
     option = getattr(exc, "option_name", None)
     if isinstance(exc, click.NoSuchOption) and option in KSNIFF_FLAGS:
         return KSNIFF_FLAGS[option]

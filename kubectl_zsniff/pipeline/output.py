@@ -28,8 +28,12 @@ from kubectl_zsniff.formats.pcapng import (
 from kubectl_zsniff.kube.container import PodInfo
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
+from kubectl_zsniff.pipeline.dedup import DEFAULT_WINDOW_NS as DEDUP_WINDOW_NS
+from kubectl_zsniff.pipeline.dedup import Deduplicator, packet_key
+from kubectl_zsniff.pipeline.merge import DEFAULT_WINDOW_NS, ReorderWindow
 from kubectl_zsniff.pipeline.packetaddr import ip_addresses
 from kubectl_zsniff.sinks import ReaderClosed, ReaderStalled, Sink
+from kubectl_zsniff.words import plural
 
 
 class StopReason(str, Enum):
@@ -134,11 +138,116 @@ class OutputPipeline:
         # Names as this file states them so far, and addresses whose owner changed within it.
         self._named: dict[str, str] = {}
         self._reowned: dict[str, str] = {}
+        # Several pods: packets in time order through a reorder window (merge_in_time_order).
+        self.merger: ReorderWindow[tuple[Lane, Packet]] | None = None
+        self.dedup: Deduplicator | None = None  # both ends captured once (deduplicate)
         for sink in self.sinks:
             # A sink that starts files of its own (rotation) starts each with these blocks.
             bind = getattr(sink, "bind_preamble", None)
             if bind is not None:
                 bind(self.file_preamble)
+
+    # -- several pods in time order (pipeline/merge.py) ------------------------------------
+
+    def merge_in_time_order(self, window_ns: int = DEFAULT_WINDOW_NS) -> None:
+        """Write the packets of several pods by timestamp, through a reorder window. Packets
+        then go through Packet objects (not the fused one-pod path)."""
+        self.merger = ReorderWindow(window_ns)
+
+    def _feed_merged(self, lane: Lane, chunk: memoryview | bytes) -> None:
+        merger = self.merger
+        assert merger is not None
+        packets = lane.parser.feed(chunk)
+        self._start_lane_if_needed(lane)
+        if packets:
+            assert lane.header is not None
+            nanosecond = lane.header.nanosecond
+            for packet in packets:
+                merger.push(packet.ts_ns(nanosecond), packet.caplen, (lane, packet))
+        self._release(merger.ready())
+
+    def deduplicate(self, window_ns: int = DEDUP_WINDOW_NS) -> None:
+        """Write a packet seen at both ends (leaving one captured pod, entering another) once
+        (pipeline/dedup.py). Needs the time order: merging is switched on too."""
+        if self.merger is None:
+            self.merge_in_time_order()
+        self.dedup = Deduplicator(window_ns)
+
+    @property
+    def copies_dropped(self) -> int:
+        return self.dedup.dropped if self.dedup is not None else 0
+
+    def _release(self, held: list[tuple[Lane, Packet]]) -> None:
+        """Write packets that left the window, in their order: runs of one lane at a time."""
+        run: list[Packet] = []
+        run_lane: Lane | None = None
+        dedup = self.dedup
+        for lane, packet in held:
+            if dedup is not None:
+                assert lane.header is not None
+                if dedup.is_copy(packet.ts_ns(lane.header.nanosecond), lane,
+                                 packet_key(lane.header.linktype, packet.data)):
+                    continue
+            if lane is not run_lane and run_lane is not None:
+                self._encode_packets(run_lane, self._apply_limits(run))
+                run = []
+            if self.stop_reason is not None:
+                return
+            run_lane = lane
+            run.append(packet)
+        if run_lane is not None and self.stop_reason is None:
+            self._encode_packets(run_lane, self._apply_limits(run))
+
+    def flush_due(self) -> None:
+        """Write what has waited the window (a quiet moment). Skipped while a lane writes."""
+        if self.merger is None or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.accepting:
+                self._release_guarded(self.merger.ready())
+        finally:
+            self.lock.release()
+
+    def finish(self) -> None:
+        """The streams have ended: write everything still held, and say what the window did."""
+        merger = self.merger
+        if merger is None:
+            return
+        with self.lock:
+            held = merger.drain()
+            if self.accepting:
+                self._release_guarded(held)
+        if self.dedup is not None:
+            self.notes.append(
+                f"--dedup: {plural(self.dedup.dropped, 'copy', 'copies')} of packets seen at "
+                "both ends dropped (the same IP packet on another pod's interface within "
+                f"{self.dedup.window_ns / 1e6:g} ms)")
+        stats = merger.stats
+        if stats.late:
+            self.notes.append(
+                f"{plural(stats.late, 'packet')} left the {merger.window_ns / 1e6:g} ms "
+                "reorder window out of time order (their pod's stream lagged the others by "
+                f"more than the window; up to {stats.max_backstep_ns / 1e6:.1f} ms back)")
+        if stats.forced:
+            self.notes.append(
+                f"{plural(stats.forced, 'packet')} left the reorder window early: it was full "
+                f"({merger.max_bytes // (1024 * 1024)} MiB)")
+
+    def _release_guarded(self, held: list[tuple[Lane, Packet]]) -> None:
+        try:
+            self._release(held)
+        except ZsniffError as err:
+            self.failure = err
+            self.stop_reason = StopReason.OUTPUT_FAILED
+
+    def add_lane(self, pod: PodInfo, container: str) -> Lane:
+        """A pod that joins while capturing (a workload's new replica). Its interface is
+        written when its stream's header comes, as the first pods' are (pcapng allows an
+        interface anywhere in a section before its first packet), with its own name."""
+        with self.lock:
+            lane = Lane(self, pod, container)
+            self.lanes.append(lane)
+            return lane
 
     @property
     def accepting(self) -> bool:
@@ -156,6 +265,9 @@ class OutputPipeline:
             return
         if lane.header is None and len(lane._raw_header) < PCAP_HEADER_LENGTH:
             lane._raw_header += bytes(chunk[: PCAP_HEADER_LENGTH - len(lane._raw_header)])
+        if self.merger is not None:
+            self._feed_merged(lane, chunk)
+            return
         if self.split_only:
             raw, count = lane.parser.feed_raw(chunk)
             self._start_lane_if_needed(lane)
@@ -339,6 +451,7 @@ class OutputPipeline:
                 lane.interface_id, packet_nanosecond=header.nanosecond
             )
             parts.append(self._interface_block(lane, header))
+            parts.append(self._lane_names(lane))
             pcapng = b"".join(parts)
         self._write(pcap=pcap, pcapng=pcapng)
 
@@ -410,6 +523,20 @@ class OutputPipeline:
                 table.setdefault(ip, f"{lane.pod.namespace}/{lane.pod.name}")
         self._named.update(table)
         return [(ip, [name]) for ip, name in sorted(table.items())]
+
+    def _lane_names(self, lane: Lane) -> bytes:
+        """An NRB for a pod's own addresses when the file does not name them so yet: a pod
+        that joined later may be newer than what the name watch has told."""
+        name = f"{lane.pod.namespace}/{lane.pod.name}"
+        entries = [(ip, [name]) for ip in lane.pod.pod_ips if self._named.get(ip) != name]
+        if not entries:
+            return b""
+        for ip, _ in entries:
+            if ip in self._named:
+                self._reowned[ip] = name
+            self._named[ip] = name
+        self.names_written += len(entries)
+        return name_resolution_block(entries)
 
     def _name_updates(self) -> bytes:
         """An NRB for addresses that appeared or changed owner since the last packets."""

@@ -37,6 +37,11 @@ def _network_offset(linktype: int, frame: bytes) -> tuple[int, int] | None:
     return None
 
 
+def network_offset(linktype: int, frame: bytes) -> tuple[int, int] | None:
+    """(offset of the IP header, ethertype) or None when the frame carries no IP."""
+    return _network_offset(linktype, frame)
+
+
 def ip_addresses(linktype: int, frame: bytes) -> tuple[str, str] | None:
     """(source, destination) as text, or None for non-IP or truncated frames."""
     located = _network_offset(linktype, frame)

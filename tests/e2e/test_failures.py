@@ -50,6 +50,7 @@ class Ctx:
     pods: list[tuple[str, str]] = field(default_factory=list)  # to delete afterwards
     env: dict[str, str] | None = None
     wrap: list[str] | None = None  # command prefix for the CLI
+    cleanups: list[Callable[[], Any]] = field(default_factory=list)  # other objects made
 
     def pod(self, namespace: str = "default", **kw: Any) -> str:
         name = unique("e2e-fail")
@@ -218,6 +219,16 @@ def _hosts_file(c: Ctx) -> str:
     return str(path)
 
 
+def _service_without_selector(c: Ctx) -> list[str]:
+    name = unique("e2e-nosel")
+    c.cluster.request("POST", "/api/v1/namespaces/default/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"ports": [{"port": 80}]}})
+    c.cleanups.append(lambda: c.cluster.request(
+        "DELETE", f"/api/v1/namespaces/default/services/{name}"))
+    return [f"svc/{name}"]
+
+
 def _mixed_selector(c: Ctx) -> list[str]:
     app = unique("mixed")
     c.pod(labels={"app": app})
@@ -340,7 +351,8 @@ CASES = [
     Case("buffer-too-small", lambda c: ["web", "-B", "10"], 2, ("--buffer-size",)),
     Case("bad-format", lambda c: ["web", "--format", "json"], 2, ("--format", "json")),
     Case("filter-twice", lambda c: ["web", "-f", "tcp", "udp"], 2, ("not both",)),
-    Case("not-a-pod", lambda c: ["deploy/web"], 2, ("only pods", "deploy")),
+    Case("not-capturable-kind", lambda c: ["cronjob/web"], 2, ("cannot capture", "cronjob/web"),
+         hint_words=("job/NAME",)),
     Case("no-pod", lambda c: [], 2, ("give a POD",)),
     Case("all-namespaces-without-selector", lambda c: ["web", "-A"], 2, ("-A", "selector")),
     Case("view-with-stdout", lambda c: ["web", "--view", "-w", "-"], 2, ("--view",),
@@ -397,7 +409,11 @@ CASES = [
          hint_words=("exists in namespace baseline", "-n baseline")),
     Case("namespace-slash-pod-missing", lambda c: ["no-such-namespace/web"], 3,
          ('namespace "no-such-namespace" not found',), hint_words=("kubectl get namespaces",)),
-    Case("not-a-pod-svc", lambda c: ["svc/web"], 2, ("only pods", "svc")),
+    Case("service-missing", lambda c: ["svc/no-such-service"], 3,
+         ('service "no-such-service" not found', 'namespace "default"'),
+         hint_words=("kubectl get services -n default",)),
+    Case("service-without-selector", _service_without_selector, 3,
+         ("selects no pods", "no selector"), hint_words=("endpointslices",)),
     Case("pod-image-pull-backoff", _image_pull_backoff, 4,
          ("not running", "image cannot be pulled", "ImagePullBackOff"),
          hint_words=("kubectl describe pod",), hint_absent=("kubectl wait",)),
@@ -427,6 +443,8 @@ def ctx(cluster: Any, tmp_path: Path, zsniff: Zsniff) -> Any:
     cluster.reset()
     for namespace, pod in c.pods:
         cluster.delete_pod(pod, namespace)
+    for cleanup in c.cleanups:
+        cleanup()
 
 
 # The double's switches (no ephemeral containers, slow pulls, CRI-O's capabilities, a failing

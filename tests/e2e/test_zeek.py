@@ -211,11 +211,12 @@ def test_zeek_refuses_a_folder_holding_logs_of_an_earlier_run(
 
 
 @pytest.mark.skipif(not (ZEEK_DATA / "decanon").exists(), reason="shared Zeek data not found")
-def test_zeek_on_two_talking_pods_warns_that_it_sees_their_packets_twice(
+def test_zeek_on_two_talking_pods_gets_each_packet_once(
     cluster: Any, kube_home: Path, tmp_path: Path
 ) -> None:
-    """Both ends captured: each packet between them is in both pods' streams, so Zeek gets it
-    twice (doubled bytes, two rows per query). Until dedup lands, zsniff says so."""
+    """Both ends captured: each packet between them is in both pods' streams. For Zeek the
+    copies are dropped by default (--dedup is on with --zeek): one conn.log row for the one
+    echo request. With --no-dedup Zeek gets it twice (two rows), and zsniff warns."""
     from parsezeeklogs import ZeekLog
 
     from tests.e2e.conftest import drop_pair, make_pair, wait_capture_live
@@ -223,29 +224,36 @@ def test_zeek_on_two_talking_pods_warns_that_it_sees_their_packets_twice(
     bindir = tmp_path / "bin"
     install_stand_in(bindir)
     pair = make_pair(cluster, prefix="ztwice")
-    logs = tmp_path / "logs"
     env = stand_in_env(kube_home, cluster.kubeconfig, bindir)
-    try:
-        capture = subprocess.Popen(
+
+    def capture(logs: Path, *flags: str) -> tuple[list[dict[str, Any]], str]:
+        proc = subprocess.Popen(
             [*ZSNIFF, pair.web, f"pod/{pair.client}", "--zeek", str(logs),
-             "--image", cluster.capture_image, "icmp"],
+             "--image", cluster.capture_image, *flags, "icmp"],
             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         )
-        wait_capture_live(cluster, "default", pair.web, proc=capture)
-        wait_capture_live(cluster, "default", pair.client, proc=capture)
+        wait_capture_live(cluster, "default", pair.web, proc=proc)
+        wait_capture_live(cluster, "default", pair.client, proc=proc)
         pair.run_traffic(icmp=1, families=(4,))
         time.sleep(0.5)
-        capture.send_signal(2)
-        _, err = capture.communicate(timeout=120)
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        return list(ZeekLog(str(logs / "conn.log"))), err
+
+    try:
+        once, once_err = capture(tmp_path / "once")
+        twice, twice_err = capture(tmp_path / "twice", "--no-dedup")
     finally:
         drop_pair(pair)
-    assert capture.returncode == 130, err
-    # What the warning is about, as it happens: the one echo request, logged twice.
-    rows = list(ZeekLog(str(logs / "conn.log")))
-    assert len(rows) == 2 and rows[0]["id.orig_h"] == rows[1]["id.orig_h"], rows
-    warning = [line for line in err.splitlines() if "sees it twice" in line]
-    assert len(warning) == 1 and warning[0].startswith("zsniff: warning: "), err
-    assert "both ends" in warning[0] and "--zeek" in warning[0]
+    assert len(once) == 1, once
+    assert "sees it twice" not in once_err, once_err
+    assert "copies of packets seen at both ends dropped" in once_err, once_err
+    # What the default prevents, as it happens: the one echo request, logged twice.
+    assert len(twice) == 2 and twice[0]["id.orig_h"] == twice[1]["id.orig_h"], twice
+    warning = [line for line in twice_err.splitlines() if "sees it twice" in line]
+    assert len(warning) == 1 and warning[0].startswith("zsniff: warning: "), twice_err
+    assert "both ends" in warning[0] and "--no-dedup" in warning[0]
 
 
 def _data_rows(path: Path) -> list[str]:

@@ -59,7 +59,12 @@ CASES = [
      {"target.container": "app", "inject.image": "zsniff.test/capture:1",
       "inject.privileged": True}),
     (["web", "--wireshark"], {"output.wireshark": True, "output.path": None}),
-    (["web", "--zeek", "logs", "--no-names"], {"output.zeek_dir": Path("logs"), "names": False}),
+    (["web", "--zeek", "logs", "--no-names"], {"output.zeek_dir": Path("logs"), "names": False,
+                                                "output.dedup": True}),
+    (["web", "pod/api", "--zeek", "logs", "--no-dedup"], {"output.dedup": False}),
+    (["web", "pod/api", "--zeek-json", "-"], {"output.dedup": True}),
+    (["web", "pod/api", "-w", "x.pcapng"], {"output.dedup": False}),
+    (["web", "pod/api", "-w", "x.pcapng", "--dedup"], {"output.dedup": True}),
     (["web", "--context", "prod", "-n", "shop", "--kubeconfig", "/k"],
      {"kube.context": "prod", "kube.namespace": "shop", "kube.kubeconfig": "/k"}),
     (["web", "-w", "r.pcapng", "-C", "100", "-W", "3"],  # tcpdump's -C: millions of bytes
