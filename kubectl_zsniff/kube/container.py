@@ -57,6 +57,12 @@ class PodInfo:
     pod_ips: tuple[str, ...]
     # Why a container cannot start (ImagePullBackOff, CrashLoopBackOff...), with its message.
     waiting: tuple[str, str] | None = None
+    # What the capture is named after, when not this pod: `node/NAME` for a node capture pod.
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or f"{self.namespace}/{self.name}"
 
 
 def capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
