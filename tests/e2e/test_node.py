@@ -143,3 +143,41 @@ def test_ctrl_c_while_the_capture_pod_starts_removes_it(
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "(verified gone)" in err, err
     assert capture_pods(cluster, NS) == []
+
+
+def test_a_user_who_may_not_create_pods_is_told_what_to_ask_for(
+        cluster: Any, zsniff: Zsniff, tmp_path: Path) -> None:
+    """The limited user, allowed to read nodes for this test: the pod's creation is refused
+    (exit 5) with the verbs node capture needs, and nothing is made."""
+    from tests.realcluster.cluster import LIMITED_USER
+
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    role = unique("zsniff-test-read-nodes")
+    cluster.request("POST", f"{rbac}/clusterroles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})
+    cluster.request("POST", f"{rbac}/clusterrolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": LIMITED_USER}]})
+    try:
+        def refused() -> subprocess.CompletedProcess[str] | None:
+            run = zsniff.run([f"node/{cluster.node_names[0]}", "--context",
+                              cluster.limited_context, "-w", str(tmp_path / "x.pcapng")])
+            # The binding reaches the authorizer's cache within a moment.
+            return None if "get` on nodes" in run.stderr else run
+
+        result = wait_until(refused, 15, "the node to be readable", 0.5)
+        assert result.returncode == 5, result.stderr
+        assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+        assert 'forbidden to create pods in namespace "default"' in result.stderr
+        hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
+        assert "kubectl auth can-i create pods -n default" in hint and "delete" in hint
+        assert capture_pods(cluster, NS) == []
+    finally:
+        cluster.request("DELETE", f"{rbac}/clusterrolebindings/{role}")
+        cluster.request("DELETE", f"{rbac}/clusterroles/{role}")
