@@ -128,9 +128,12 @@ def create_node_pod(kube: KubeClient, namespace: str, node: JSON, opts: InjectOp
                      api_path("pods", namespace=namespace), None, body)
     except ZsniffError as err:
         if err.status == ExitStatus.POD_SECURITY:
+            # The API's own words name each rule broken (host namespaces, capabilities).
+            said = err.message.partition("violates PodSecurity")[2].strip()
             raise ZsniffError(
                 f'PodSecurity in namespace "{namespace}" refused the node capture pod '
-                "(hostNetwork, NET_RAW, NET_ADMIN)",
+                "(hostNetwork, NET_RAW, NET_ADMIN)"
+                + (f": violates PodSecurity {said}" if said else ""),
                 "give --capture-namespace a namespace at the privileged level, or ask an "
                 f"admin: kubectl label ns {namespace} {PSA_LABEL}=privileged --overwrite",
                 ExitStatus.POD_SECURITY) from err

@@ -7,10 +7,12 @@ no hostNetwork pods), and only a real kubelet pins a pod with nodeName and enfor
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,39 +147,75 @@ def test_ctrl_c_while_the_capture_pod_starts_removes_it(
     assert capture_pods(cluster, NS) == []
 
 
-def test_a_user_who_may_not_create_pods_is_told_what_to_ask_for(
-        cluster: Any, zsniff: Zsniff, tmp_path: Path) -> None:
-    """The limited user, allowed to read nodes for this test: the pod's creation is refused
-    (exit 5) with the verbs node capture needs, and nothing is made."""
+@contextlib.contextmanager
+def limited_user_may(cluster: Any, rules: list[dict[str, Any]],
+                     namespace: str | None = None) -> Iterator[None]:
+    """The limited user is given `rules` (cluster-wide, or in `namespace`) for one test."""
     from tests.realcluster.cluster import LIMITED_USER
 
     rbac = "/apis/rbac.authorization.k8s.io/v1"
-    role = unique("zsniff-test-read-nodes")
-    cluster.request("POST", f"{rbac}/clusterroles", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+    where = f"{rbac}/namespaces/{namespace}" if namespace else rbac
+    kind = "Role" if namespace else "ClusterRole"
+    role = unique("zsniff-test-node")
+    cluster.request("POST", f"{where}/{kind.lower()}s", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": {"name": role}, "rules": rules})
+    cluster.request("POST", f"{where}/{kind.lower()}bindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": f"{kind}Binding",
         "metadata": {"name": role},
-        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})
-    cluster.request("POST", f"{rbac}/clusterrolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": role},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                       "name": LIMITED_USER}]})
     try:
-        def refused() -> subprocess.CompletedProcess[str] | None:
-            run = zsniff.run([f"node/{cluster.node_names[0]}", "--context",
-                              cluster.limited_context, "-w", str(tmp_path / "x.pcapng")])
-            # The binding reaches the authorizer's cache within a moment.
-            return None if "get` on nodes" in run.stderr else run
-
-        result = wait_until(refused, 15, "the node to be readable", 0.5)
-        assert result.returncode == 5, result.stderr
-        assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
-        assert 'forbidden to create pods in namespace "default"' in result.stderr
-        hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
-        assert "kubectl auth can-i create pods -n default" in hint and "delete" in hint
-        assert capture_pods(cluster, NS) == []
+        yield
     finally:
-        cluster.request("DELETE", f"{rbac}/clusterrolebindings/{role}")
-        cluster.request("DELETE", f"{rbac}/clusterroles/{role}")
+        cluster.request("DELETE", f"{where}/{kind.lower()}bindings/{role}")
+        cluster.request("DELETE", f"{where}/{kind.lower()}s/{role}")
+
+
+READ_NODES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+
+
+def limited_node_capture(cluster: Any, zsniff: Zsniff, tmp_path: Path, *extra: str,
+                         until_not: str) -> subprocess.CompletedProcess[str]:
+    """A node capture as the limited user, once RBAC has caught up (the authorizer's cache
+    takes a moment to see a new binding): until its stderr no longer says `until_not`."""
+    def attempt() -> subprocess.CompletedProcess[str] | None:
+        run = zsniff.run([f"node/{cluster.node_names[0]}", "--context", cluster.limited_context,
+                          "-w", str(tmp_path / "x.pcapng"), *extra])
+        return None if until_not in run.stderr else run
+
+    result: subprocess.CompletedProcess[str] = wait_until(attempt, 15, "RBAC to catch up", 0.5)
+    return result
+
+
+def test_a_user_who_may_not_create_pods_is_told_what_to_ask_for(
+        cluster: Any, zsniff: Zsniff, tmp_path: Path) -> None:
+    """Allowed to read nodes, not to create pods: refused (exit 5) with the verbs node capture
+    needs, and nothing is made."""
+    with limited_user_may(cluster, READ_NODES):
+        result = limited_node_capture(cluster, zsniff, tmp_path, until_not="get` on nodes")
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert 'forbidden to create pods in namespace "default"' in result.stderr
+    hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
+    assert "kubectl auth can-i create pods -n default" in hint and "delete" in hint
+    assert capture_pods(cluster, NS) == []
+
+
+def test_podsecurity_refuses_the_pod_at_creation_when_the_level_is_not_readable(
+        cluster: Any, zsniff: Zsniff, tmp_path: Path) -> None:
+    """The limited user may make pods in "baseline" but not read the namespace's label: the
+    API's PodSecurity refusal is what tells (exit 6), said as the capture pod's."""
+    pods = [{"apiGroups": [""], "resources": ["pods"],
+             "verbs": ["create", "get", "list", "watch", "delete"]}]
+    with limited_user_may(cluster, READ_NODES), \
+            limited_user_may(cluster, pods, namespace="baseline"):
+        result = limited_node_capture(cluster, zsniff, tmp_path, "--capture-namespace",
+                                      "baseline", until_not="forbidden")
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert 'PodSecurity in namespace "baseline" refused the node capture pod' in result.stderr
+    assert "hostNetwork=true" in result.stderr  # the API's words: which rule was broken
+    assert "--capture-namespace" in result.stderr
+    assert capture_pods(cluster, "baseline") == []
