@@ -150,12 +150,27 @@ def create_node_pod(kube: KubeClient, namespace: str, node: JSON, opts: InjectOp
                               "give an existing one with --capture-namespace",
                               ExitStatus.NOT_FOUND) from err
         raise
-    progress(f"made capture pod {namespace}/{name} on node {node_name} (hostNetwork)")
+    except BaseException:
+        # Ctrl-C while the request was out: the server may have made the pod all the same.
+        _delete_on_the_way_out(kube, namespace, name, progress)
+        raise
     try:
+        # Inside the try: a Ctrl-C that lands while this line is written must remove the pod.
+        progress(f"made capture pod {namespace}/{name} on node {node_name} (hostNetwork)")
         return _wait_running(kube, namespace, name, opts.start_timeout, progress)
     except BaseException:
-        delete_node_pod(kube, namespace, name, progress)
+        _delete_on_the_way_out(kube, namespace, name, progress)
         raise
+
+
+def _delete_on_the_way_out(kube: KubeClient, namespace: str, name: str,
+                           progress: Progress) -> None:
+    """Delete the pod while another error is on its way out: that error stays the one
+    reported, a failed deletion is said beside it."""
+    try:
+        delete_node_pod(kube, namespace, name, progress)
+    except ZsniffError as err:
+        progress(f"{err.message}; {err.hint}")
 
 
 def _wait_running(kube: KubeClient, namespace: str, name: str, timeout: float,
