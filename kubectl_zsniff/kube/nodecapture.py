@@ -23,7 +23,7 @@ from kubectl_zsniff.kube.container import (
     LIFETIME_SCRIPT,
     PSA_LABEL,
 )
-from kubectl_zsniff.kube.watch import Listed, list_and_watch
+from kubectl_zsniff.kube.watch import Listed, list_and_watch, pod_versions
 from kubectl_zsniff.options import InjectOptions
 
 Progress = Callable[[str], None]
@@ -177,17 +177,10 @@ def _wait_running(kube: KubeClient, namespace: str, name: str, timeout: float,
                   progress: Progress) -> JSON:
     deadline = time.monotonic() + timeout
     said = ""
-    for item in list_and_watch(kube, "pods", api_path("pods", namespace=namespace),
-                               deadline=deadline, fieldSelector=f"metadata.name={name}"):
-        if isinstance(item, Listed):
-            if not item.items:
-                raise ZsniffError(f'the capture pod "{name}" went away while starting',
-                                  "something deleted it: try again", ExitStatus.NOT_FOUND)
-            pod = item.items[0]
-        elif item.type == "DELETED":
-            continue
-        else:
-            pod = item.obj
+    for pod in pod_versions(kube, namespace, name, deadline=deadline):
+        if pod is None:
+            raise ZsniffError(f'the capture pod "{name}" went away while starting',
+                              "something deleted it: try again", ExitStatus.NOT_FOUND)
         phase = str(field(pod, "status", "phase") or "")
         for status in field(pod, "status", "containerStatuses") or ():
             state = status.get("state") or {}
