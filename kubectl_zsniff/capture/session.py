@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -31,10 +32,12 @@ from kubectl_zsniff.kube.container import (
 from kubectl_zsniff.kube.namewatch import NameWatcher
 from kubectl_zsniff.kube.nodecapture import CONTAINER as NODE_CONTAINER
 from kubectl_zsniff.kube.nodecapture import (
+    NodeAccess,
     create_node_pod,
     delete_node_pod,
     psa_refusal,
     read_node,
+    tolerations_for,
 )
 from kubectl_zsniff.kube.targets import (
     NODE,
@@ -44,6 +47,7 @@ from kubectl_zsniff.kube.targets import (
     parse_targets,
     resolve_targets,
 )
+from kubectl_zsniff.kube.vianode import ViaNodePods
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
@@ -153,63 +157,22 @@ def output_notes(opts: CaptureOptions) -> list[str]:
 
 def run_capture(opts: CaptureOptions, reporter: Reporter,
                 stdout: BinaryIO | None = None) -> CaptureSummary:
-    if opts.output.rotation.active and opts.output.path is not None:
-        from kubectl_zsniff.sinks.rotate import refuse_rotated_overwrite
-
-        refuse_rotated_overwrite(opts.output.path, opts.output.force)
-    elif opts.output.path is not None and not opts.output.to_stdout:
-        refuse_overwrite(opts.output.path, opts.output.force)
-    if opts.output.zeek_dir is not None:
-        from kubectl_zsniff.sinks.zeek import refuse_used_directory
-
-        refuse_used_directory(opts.output.zeek_dir)
+    _refuse_used_outputs(opts)
     for note in output_notes(opts):
         reporter.progress(note)
     check_tools(opts)
     check_filter_locally(opts.tcpdump)
     kube = load_client(opts.kube)
-    namespace = kube.namespace
-    target = opts.target
-    node_name = next((r.name for r in parse_targets(target.pods) if r.kind is NODE), None)
-    node: JSON | None = None
-    capture_ns = target.capture_namespace or namespace
-    if node_name is None:
-        resolution = resolve_targets(
-            kube, namespace, target.pods, target.container, target.selector,
-            target.all_namespaces, target.max_pods, reporter.progress,
-        )
-        targets = resolution.targets
-        for note in filter(None, map(host_network_note, targets)):
-            reporter.progress(note)
-        levels = _psa_levels(kube, targets)
-        targets = _preflight(targets, levels, opts, reporter)
-    else:
-        # Everything that can refuse a node capture, before its pod is made.
-        node = read_node(kube, node_name)
-        refusal = psa_refusal(capture_ns, namespace_psa_level(kube, capture_ns))
-        if refusal is not None:
-            raise refusal
-        resolution, targets, levels = Resolution([], []), [], {}
-    infos = [t.info for t in targets]
-    many = len(targets) > 1
-    if many and opts.output.zeek and not opts.output.dedup:
-        # Each captured pod's stream carries the packets it sent and received: those between
-        # two captured pods come twice unless the pipeline's dedup drops the copies.
-        reporter.progress(
-            "warning: --zeek with several pods and --no-dedup: a packet between two captured "
-            "pods is in both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
-            "retransmissions, two dns.log rows per query); leave --no-dedup out")
-    elif many and opts.output.zeek and opts.output.path is not None:
-        reporter.progress(
-            "--zeek: packets seen at both ends are written once, for Zeek and in "
-            f"{'standard output' if opts.output.to_stdout else opts.output.path} alike "
-            "(--no-dedup keeps both copies, and Zeek then counts them twice)")
+    plan = _plan(kube, opts, reporter)
+    infos = [t.info for t in plan.targets]
+    many = len(plan.targets) > 1
+    _say_zeek_dedup(opts, many, reporter)
 
     book: NameBook | None = None
     watcher: NameWatcher | None = None
     if opts.names:
         book = NameBook()
-        watcher = NameWatcher(book, kube, namespace)
+        watcher = NameWatcher(book, kube, kube.namespace)
         missing = watcher.load()
         if missing:
             reporter.progress("names limited: not allowed to list " + ", ".join(missing))
@@ -218,43 +181,47 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
     following: Following | None = None
     wrote_anything = False
-    node_pod: str | None = None
+    capture_pods = _CapturePods(kube, plan.capture_namespace, opts, reporter.progress)
     try:
-        title = f"node/{node_name}" if node_name else _title(infos, target.selector)
+        title = f"node/{plan.node_name}" if plan.node_name else _title(infos,
+                                                                        opts.target.selector)
         sinks = open_sinks(opts, title, book, stdout, kube.context_name)
         file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
-        if node is not None:
-            made = create_node_pod(kube, capture_ns, node, opts.inject, reporter.progress)
-            node_pod = str(field(made, "metadata", "name"))
-            # Named after the node, not its capture pod: the node's traffic is what it holds.
-            infos = [replace(describe_pod(made), label=f"node/{node_name}")]
+        if plan.node is not None:
+            infos = [capture_pods.on_node(plan.node)]
             containers = [NODE_CONTAINER]
+        elif capture_pods.via is not None:
+            infos = _place_via_node(capture_pods.via, plan.targets, reporter, many)
+            containers = [NODE_CONTAINER] * len(infos)
         else:
-            containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
+            containers = _ensure_containers(kube, plan.targets, opts, reporter, many,
+                                            plan.levels)
         if watcher is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
             # missed, and a failure before this point exits with no watch thread mid-request
             # (a daemon thread inside OpenSSL at interpreter exit aborts the process).
             watcher.start()
-        endpoint = kube.endpoint()
         pipeline = OutputPipeline(
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
-        if (many or resolution.sources) and opts.output.reorder_window > 0:
+        sources = plan.resolution.sources
+        if (many or sources) and opts.output.reorder_window > 0:
             pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
-        if (many or resolution.sources) and opts.output.dedup:
+        if (many or sources) and opts.output.dedup:
             pipeline.deduplicate()
-        run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter,
+        run = CaptureRun(kube.endpoint(), pipeline, opts.tcpdump, opts.limits, reporter,
                          opts.reconnect_for)
-        if resolution.sources:
+        if sources:
             from kubectl_zsniff.capture.follow import Following
 
-            following = Following(kube, run, pipeline, opts, levels, reporter,
-                                  resolution.sources)
+            following = Following(kube, run, pipeline, opts, plan.levels, reporter, sources,
+                                  capture_pods.via)
         reporter.progress(
             f"capturing {', '.join(i.title for i in infos)} "
             f"on {opts.tcpdump.interface}"
             + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
+            + (f" from capture pods in {plan.capture_namespace}"
+               if capture_pods.via is not None else "")
         )
         try:
             summary = asyncio.run(run.run())
@@ -268,24 +235,17 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         # must be closed, Zeek above all, which then finishes and has its logs named.
         summary.sink_results = _close_sinks(sinks, summary)
         sinks = []
-        if node_pod is not None:
-            pod_name, node_pod = node_pod, None
-            try:
-                delete_node_pod(kube, capture_ns, pod_name, reporter.progress)
-            except ZsniffError as err:
-                summary.notes.append(err.message)
-                if summary.error is None:
-                    summary.error = err
-                    summary.exit_status = err.status
+        for err in capture_pods.delete():
+            summary.notes.append(err.message)
+            if summary.error is None:
+                summary.error = err
+                summary.exit_status = err.status
         return summary
     finally:
-        if node_pod is not None:
-            # A failure or Ctrl-C before the capture's end: the pod goes all the same. A
-            # failing deletion is said, and the error on its way out stays the one reported.
-            try:
-                delete_node_pod(kube, capture_ns, node_pod, reporter.progress)
-            except ZsniffError as err:
-                reporter.progress(f"{err.message}; {err.hint}")
+        # A failure or Ctrl-C before the capture's end: the capture pods go all the same. A
+        # failing deletion is said, and the error on its way out stays the one reported.
+        for err in capture_pods.delete():
+            reporter.progress(f"{err.message}; {err.hint}")
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()
@@ -294,6 +254,129 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         if not wrote_anything and file_sink is not None:
             # Nothing captured because we failed before the stream: leave no empty file.
             file_sink.discard_if_empty()
+
+
+def _refuse_used_outputs(opts: CaptureOptions) -> None:
+    """Refuse, before anything is asked of the cluster, outputs that would overwrite."""
+    if opts.output.rotation.active and opts.output.path is not None:
+        from kubectl_zsniff.sinks.rotate import refuse_rotated_overwrite
+
+        refuse_rotated_overwrite(opts.output.path, opts.output.force)
+    elif opts.output.path is not None and not opts.output.to_stdout:
+        refuse_overwrite(opts.output.path, opts.output.force)
+    if opts.output.zeek_dir is not None:
+        from kubectl_zsniff.sinks.zeek import refuse_used_directory
+
+        refuse_used_directory(opts.output.zeek_dir)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is captured, with every check that can refuse it done before anything is made."""
+
+    resolution: Resolution
+    targets: list[Target]
+    levels: dict[str, str | None]  # PodSecurity level per target namespace
+    capture_namespace: str  # where node and --via-node capture pods are made
+    node: JSON | None = None  # node/NAME, as read
+
+    @property
+    def node_name(self) -> str | None:
+        return None if self.node is None else str(field(self.node, "metadata", "name"))
+
+
+def _plan(kube: KubeClient, opts: CaptureOptions, reporter: Reporter) -> _Plan:
+    target = opts.target
+    capture_ns = target.capture_namespace or kube.namespace
+    node_name = next((r.name for r in parse_targets(target.pods) if r.kind is NODE), None)
+    if node_name is not None:
+        node = read_node(kube, node_name)
+        _refuse_capture_namespace(kube, capture_ns, NodeAccess.NETWORK)
+        return _Plan(Resolution([], []), [], {}, capture_ns, node)
+    resolution = resolve_targets(
+        kube, kube.namespace, target.pods, target.container, target.selector,
+        target.all_namespaces, target.max_pods, reporter.progress,
+    )
+    targets = resolution.targets
+    for note in filter(None, map(host_network_note, targets)):
+        reporter.progress(note)
+    if target.via_node:
+        # The pods are not changed, so their own namespaces' PodSecurity does not matter.
+        _refuse_capture_namespace(kube, capture_ns, NodeAccess.PODS)
+        return _Plan(resolution, targets, {}, capture_ns)
+    levels = _psa_levels(kube, targets)
+    return _Plan(resolution, _preflight(targets, levels, opts, reporter), levels, capture_ns)
+
+
+def _refuse_capture_namespace(kube: KubeClient, namespace: str, access: NodeAccess) -> None:
+    refusal = psa_refusal(namespace, namespace_psa_level(kube, namespace), access)
+    if refusal is not None:
+        raise refusal
+
+
+def _say_zeek_dedup(opts: CaptureOptions, many: bool, reporter: Reporter) -> None:
+    if many and opts.output.zeek and not opts.output.dedup:
+        # Each captured pod's stream carries the packets it sent and received: those between
+        # two captured pods come twice unless the pipeline's dedup drops the copies.
+        reporter.progress(
+            "warning: --zeek with several pods and --no-dedup: a packet between two captured "
+            "pods is in both ends' streams, so Zeek sees it twice (doubled bytes and packets, "
+            "retransmissions, two dns.log rows per query); leave --no-dedup out")
+    elif many and opts.output.zeek and opts.output.path is not None:
+        reporter.progress(
+            "--zeek: packets seen at both ends are written once, for Zeek and in "
+            f"{'standard output' if opts.output.to_stdout else opts.output.path} alike "
+            "(--no-dedup keeps both copies, and Zeek then counts them twice)")
+
+
+class _CapturePods:
+    """The pods this capture makes on nodes (node/NAME's, or --via-node's), to delete at the
+    end whatever happens."""
+
+    def __init__(self, kube: KubeClient, namespace: str, opts: CaptureOptions,
+                 progress: Callable[[str], None]) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.opts = opts
+        self.progress = progress
+        self.node_pod: str | None = None
+        self.via = (ViaNodePods(kube, namespace, opts.inject, progress)
+                    if opts.target.via_node else None)
+
+    def on_node(self, node: JSON) -> PodInfo:
+        name = str(field(node, "metadata", "name"))
+        made = create_node_pod(self.kube, self.namespace, name,
+                               tolerations_for(field(node, "spec", "taints") or []),
+                               self.opts.inject, self.progress)
+        self.node_pod = str(field(made, "metadata", "name"))
+        # Named after the node, not its capture pod: the node's traffic is what it holds.
+        return replace(describe_pod(made), label=f"node/{name}")
+
+    def delete(self) -> list[ZsniffError]:
+        """Delete what is left to delete (again: nothing), each verified gone."""
+        failures = self.via.delete_all() if self.via is not None else []
+        if self.node_pod is not None:
+            name, self.node_pod = self.node_pod, None
+            try:
+                delete_node_pod(self.kube, self.namespace, name, self.progress)
+            except ZsniffError as err:
+                failures.append(err)
+        return failures
+
+
+def _place_via_node(via: ViaNodePods, targets: list[Target], reporter: Reporter,
+                    many: bool) -> list[PodInfo]:
+    """Each target as captured from its node's capture pod (made on first need)."""
+    placed = []
+    for t in targets:
+        try:
+            placed.append(via.place(t.pod))
+        except ZsniffError as err:
+            if not many:
+                raise
+            raise ZsniffError(f"{t.info.namespace}/{t.info.name}: {err.message}", err.hint,
+                              err.status) from err
+    return placed
 
 
 def _watch_note(errors: list[str]) -> str:

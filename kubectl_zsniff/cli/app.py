@@ -343,10 +343,18 @@ def _kube_options(func: Any) -> Any:
     help="Image of the capture container (needs sh and tcpdump).",
 )
 @click.option(
+    "--via-node",
+    is_flag=True,
+    help="Capture the pods from a capture pod on their node, inside each pod's network "
+    "namespace, leaving the pods unchanged: for pods that may not capture themselves "
+    "(PodSecurity restricted). The capture pod (hostPID, SYS_ADMIN, SYS_PTRACE, NET_RAW, "
+    "NET_ADMIN) is made in --capture-namespace and deleted afterwards.",
+)
+@click.option(
     "--capture-namespace",
     default=None,
-    help="node/NAME: where the capture pod is made (default: the context's namespace); it "
-    "must allow hostNetwork and NET_RAW (PodSecurity privileged).",
+    help="node/NAME and --via-node: where the capture pod is made (default: the context's "
+    "namespace); it must allow host namespaces and capabilities (PodSecurity privileged).",
 )
 @click.option(
     "--privileged", is_flag=True, help="Run the capture container privileged (only if you must)."
@@ -500,9 +508,12 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         raise click.UsageError(
             "node/NAME is captured alone: it already holds every pod on that node (run "
             "one zsniff per node, or name pods without the node)")
-    if kw["capture_namespace"] and not nodes:
+    if kw["via_node"] and nodes:
+        raise click.UsageError("--via-node captures pods from their node; node/NAME already "
+                               "captures the whole node: use one or the other")
+    if kw["capture_namespace"] and not (nodes or kw["via_node"]):
         raise click.UsageError("--capture-namespace is where a node capture pod is made: it "
-                               "goes with node/NAME")
+                               "goes with node/NAME or --via-node")
     interface = kw["interface"] or ("any" if nodes else "eth0")
     pod = pods[0].replace("/", "_") if pods else (kw["selector"] or "pods")
     filter_text = kw["bpf_filter"]
@@ -549,7 +560,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
         target=TargetOptions(
             tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"],
-            kw["skip_uncapturable"], kw["capture_namespace"],
+            kw["skip_uncapturable"], kw["capture_namespace"], kw["via_node"],
         ),
         inject=InjectOptions(
             kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])

@@ -31,20 +31,49 @@ LIFETIME_SCRIPT = (
 # (captured, received, dropped by the kernel) and goes on: live drop counts, and stderr bytes
 # that keep a quiet capture's stream busy from the pod's side. The client sends lines only
 # once tcpdump said "listening" (its handler is set by then; before, USR1 would kill it).
-CAPTURE_SCRIPT = (
-    'hb="/tmp/.$1"; shift; '
-    'echo "zsniff-pid $$" >&2; '
-    "exec 3<&0; "
-    "( while read -r _ <&3; do kill -USR1 $$; done; kill -TERM $$ 2>/dev/null ) "
-    ">/dev/null 2>&1 & "
-    '( while kill -0 $$ 2>/dev/null; do touch "$hb"; sleep 2; done ) </dev/null >/dev/null 2>&1 & '
-    'exec tcpdump "$@" 3<&-'
+def _capture_script(runner: str) -> str:
+    return (
+        'echo "zsniff-pid $$" >&2; '
+        "exec 3<&0; "
+        "( while read -r _ <&3; do kill -USR1 $$; done; kill -TERM $$ 2>/dev/null ) "
+        ">/dev/null 2>&1 & "
+        '( while kill -0 $$ 2>/dev/null; do touch "$hb"; sleep 2; done ) '
+        "</dev/null >/dev/null 2>&1 & "
+        f'exec {runner}tcpdump "$@" 3<&-'
+    )
+
+
+CAPTURE_SCRIPT = 'hb="/tmp/.$1"; shift; ' + _capture_script("")
+
+# --via-node: the same, run from a hostPID capture pod inside the target pod's network
+# namespace. Every process of a pod sits in a cgroup named after the pod's UID (cgroupfs:
+# pod<uid>; systemd driver: pod<uid with _ for ->), the sandbox's pause process first, so the
+# namespace is found without the container runtime's socket and survives container restarts.
+# nsenter execs tcpdump in place, so $$ stays tcpdump's PID for the stop and the counters.
+NO_POD_PROCESS_EXIT = 125
+VIA_NODE_CAPTURE_SCRIPT = (
+    'hb="/tmp/.$1"; uid="$2"; shift 2; alt=$(echo "$uid" | tr - _); pid=""; '
+    "for p in /proc/[0-9]*; do "
+    'case "$(cat "$p/cgroup" 2>/dev/null)" in '
+    '*"pod$uid"*|*"pod$alt"*) pid="${p#/proc/}"; break;; esac; done; '
+    '[ -n "$pid" ] || { echo "zsniff: no process of pod $uid on this node" >&2; '
+    f"exit {NO_POD_PROCESS_EXIT}; }}; "
+    + _capture_script('nsenter --net="/proc/$pid/ns/net" ')
 )
 
 
 @dataclass(frozen=True)
 class CaptureContainer:
     name: str
+
+
+@dataclass(frozen=True)
+class CapturePlace:
+    """Where tcpdump runs when that is not the pod itself: a capture pod on the pod's node."""
+
+    namespace: str
+    pod: str
+    container: str
 
 
 @dataclass(frozen=True)
@@ -59,13 +88,22 @@ class PodInfo:
     waiting: tuple[str, str] | None = None
     # What the capture is named after, when not this pod: `node/NAME` for a node capture pod.
     label: str = ""
+    uid: str = ""
+    # --via-node: captured from this pod on its node, inside this pod's network namespace.
+    via: CapturePlace | None = None
 
     @property
     def title(self) -> str:
         return self.label or f"{self.namespace}/{self.name}"
 
 
-def capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
+def capture_command(container_name: str, tcpdump_args: list[str],
+                    enter_pod_uid: str | None = None) -> list[str]:
+    """The exec command that runs tcpdump; with `enter_pod_uid`, in that pod's network
+    namespace (run from a hostPID capture pod on its node)."""
+    if enter_pod_uid:
+        return ["sh", "-c", VIA_NODE_CAPTURE_SCRIPT, "zsniff", container_name, enter_pod_uid,
+                *tcpdump_args]
     return ["sh", "-c", CAPTURE_SCRIPT, "zsniff", container_name, *tcpdump_args]
 
 
@@ -113,7 +151,8 @@ def restricted_error(namespace: str) -> ZsniffError:
     return ZsniffError(
         f'namespace "{namespace}" enforces PodSecurity "restricted": '
         "no container there may capture packets",
-        "capture from a namespace at the baseline or privileged level, or ask an admin to "
+        "capture it from its node, leaving the pod unchanged: add --via-node "
+        "--capture-namespace NS (a namespace at the privileged level); or ask an admin to "
         f"relabel it: kubectl label ns {namespace} {PSA_LABEL}=baseline --overwrite",
         ExitStatus.POD_SECURITY,
     )
@@ -169,6 +208,7 @@ def describe_pod(pod: JSON) -> PodInfo:
         phase=str(field(pod, "status", "phase") or "Unknown"),
         pod_ips=tuple(pod_ips(pod)),
         waiting=_waiting(pod),
+        uid=str(meta.get("uid") or ""),
     )
 
 

@@ -505,6 +505,8 @@ class OutputPipeline:
             description=(
                 f"node {pod.node or '-'}, "
                 + (f"capture pod {pod.namespace}/{pod.name}, " if pod.label else "")
+                + (f"from capture pod {pod.via.namespace}/{pod.via.pod} in the pod's network "
+                   "namespace, " if pod.via is not None else "")
                 + f"container {lane.container}, "
                 f"interface {self.opts.interface}"
             ),
