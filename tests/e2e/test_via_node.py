@@ -7,8 +7,8 @@ admission; only a real kubelet runs a hostPID pod beside the target's processes.
 
 from __future__ import annotations
 
-import signal
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
