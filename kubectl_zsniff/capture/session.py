@@ -37,6 +37,7 @@ from kubectl_zsniff.kube.nodecapture import (
     delete_node_pod,
     psa_refusal,
     read_node,
+    refuse_missing_rights,
     tolerations_for,
 )
 from kubectl_zsniff.kube.targets import (
@@ -312,6 +313,7 @@ def _refuse_capture_namespace(kube: KubeClient, namespace: str, access: NodeAcce
     refusal = psa_refusal(namespace, namespace_psa_level(kube, namespace), access)
     if refusal is not None:
         raise refusal
+    refuse_missing_rights(kube, namespace, access)
 
 
 def _say_zeek_dedup(opts: CaptureOptions, many: bool, reporter: Reporter) -> None:

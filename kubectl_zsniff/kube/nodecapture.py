@@ -142,6 +142,42 @@ def psa_refusal(namespace: str, level: str | None,
     )
 
 
+# What a capture pod needs in its namespace, as (verb, resource, subresource): made, watched
+# until it runs, exec'd into, and deleted at the end.
+CAPTURE_POD_RIGHTS = (("create", "pods", ""), ("get", "pods", ""), ("watch", "pods", ""),
+                      ("create", "pods", "exec"), ("delete", "pods", ""))
+ACCESS_REVIEW_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+def refuse_missing_rights(kube: KubeClient, namespace: str, access: NodeAccess) -> None:
+    """Ask the API (a SelfSubjectAccessReview, allowed to every user) for each right a capture
+    pod needs, before one is made: a pod zsniff could make but not delete would be left behind.
+    A review that cannot be asked is no refusal: the requests themselves then tell."""
+    missing = []
+    for verb, resource, subresource in CAPTURE_POD_RIGHTS:
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb,
+                                                "resource": resource,
+                                                "subresource": subresource}}}
+        try:
+            review = kube.request("review the capture pod's rights", "POST",
+                                  ACCESS_REVIEW_PATH, None, body)
+        except ZsniffError:
+            return
+        if field(review, "status", "allowed") is False:
+            missing.append(f"{verb} {resource}/{subresource}" if subresource
+                           else f"{verb} {resource}")
+    if missing:
+        first = missing[0].split()
+        raise ZsniffError(
+            f'forbidden to {", ".join(missing)} in namespace "{namespace}": the node capture '
+            f"pod ({access.value}) could not be run and removed; no pod was made",
+            "a capture pod needs `create`, `get`, `watch` and `delete` on pods and `create` "
+            f"on pods/exec there: kubectl auth can-i {first[0]} {first[1]} -n {namespace}; "
+            "or pick another with --capture-namespace",
+            ExitStatus.FORBIDDEN)
+
+
 def create_node_pod(kube: KubeClient, namespace: str, node_name: str,
                     tolerations: list[dict[str, Any]], opts: InjectOptions, progress: Progress,
                     access: NodeAccess = NodeAccess.NETWORK) -> JSON:

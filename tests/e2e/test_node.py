@@ -197,9 +197,35 @@ def test_a_user_who_may_not_create_pods_is_told_what_to_ask_for(
         result = limited_node_capture(cluster, zsniff, tmp_path, until_not="get` on nodes")
     assert result.returncode == 5, result.stderr
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
-    assert 'forbidden to create pods in namespace "default"' in result.stderr
+    assert "forbidden to create pods" in result.stderr
+    assert 'in namespace "default"' in result.stderr and "no pod was made" in result.stderr
     hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
     assert "kubectl auth can-i create pods -n default" in hint and "delete" in hint
+    assert capture_pods(cluster, NS) == []
+
+
+def test_a_user_who_may_make_but_not_delete_capture_pods_is_refused_before_any_pod(
+        cluster: Any, zsniff: Zsniff, tmp_path: Path) -> None:
+    """A pod zsniff could make but not remove would be left behind: the rights are reviewed
+    (SelfSubjectAccessReview) before it is made, and the missing one named."""
+    pods = [{"apiGroups": [""], "resources": ["pods"],
+             "verbs": ["create", "get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]
+    with limited_user_may(cluster, READ_NODES), \
+            limited_user_may(cluster, pods, namespace="default"):
+        deadline = time.monotonic() + 15
+        while True:  # until RBAC's cache sees both bindings
+            result = zsniff.run([f"node/{cluster.node_names[0]}", "--context",
+                                 cluster.limited_context, "-w", str(tmp_path / "x.pcapng")])
+            if "forbidden to delete pods in" in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert 'forbidden to delete pods in namespace "default"' in result.stderr
+    assert "no pod was made" in result.stderr
+    hint = next(line for line in result.stderr.splitlines() if line.startswith("hint: "))
+    assert "kubectl auth can-i delete pods -n default" in hint
     assert capture_pods(cluster, NS) == []
 
 
