@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Zsniff, unique
+from tests.e2e.conftest import PodPair, Zsniff, stop_process, unique, wait_capture_live
 from tests.e2e.test_failures import RESTRICTED_OK
 from tests.e2e.test_node import READ_NODES, capture_pods, limited_user_may
 from tests.e2e.test_workloads import start_capture, wait_listening
@@ -180,3 +180,44 @@ def test_a_user_who_may_not_create_capture_pods_is_told_what_to_ask_for(
         assert capture_pods(cluster, "default") == []
     finally:
         cluster.delete_pod(locked, LOCKED)
+
+
+def test_a_kubelet_restart_mid_capture_is_survived_through_the_capture_pod(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, tmp_path: Path) -> None:
+    """Reconnect works the same from a node's capture pod: the kubelet restarted, zsniff
+    starts tcpdump again in the capture pod (inside the pod's network namespace), one tcpdump
+    runs there afterwards, and the gap is in the file."""
+    out = tmp_path / "restart.pcapng"
+    traffic = pair.traffic(icmp=1, seconds=120, pause=0.1, families=(4,))
+    proc = start_capture(zsniff, [pair.web, "-n", pair.namespace, "--via-node",
+                                  "--capture-namespace", "default"], out)
+    try:
+        seen: list[str] = []
+        wait_listening(proc, 1, seen)
+        (capture_pod,) = capture_pods(cluster, "default")
+        before = wait_capture_live(cluster, "default", capture_pod, proc=proc)
+        time.sleep(1.5)
+        cluster.restart("kubelet", down_for=1.0)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 90
+        while not any("reconnected: capturing again" in s for s in seen):
+            assert time.monotonic() < deadline, "".join(seen)
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+        after = wait_capture_live(cluster, "default", capture_pod, proc=proc)
+        time.sleep(2.0)  # packets after the gap
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=90)
+        err = "".join(seen) + rest
+    finally:
+        stop_process(proc)
+        stop_process(traffic)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "reconnected: capturing again" in err, err
+    assert len(after) == 1 and after != before, (before, after)
+    comments = subprocess.run(["tshark", "-r", str(out), "-T", "fields", "-e", "frame.comment"],
+                              capture_output=True, text=True, check=True).stdout
+    assert comments.count("capture gap") == 1, comments
+    assert capture_pods(cluster, "default") == [], err
