@@ -165,38 +165,19 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     check_filter_locally(opts.tcpdump)
     kube = load_client(opts.kube)
     plan = _plan(kube, opts, reporter)
-    infos = [t.info for t in plan.targets]
-    many = len(plan.targets) > 1
-    _say_zeek_dedup(opts, many, reporter)
-
-    book: NameBook | None = None
-    watcher: NameWatcher | None = None
-    if opts.names:
-        book = NameBook()
-        watcher = NameWatcher(book, kube, kube.namespace)
-        missing = watcher.load()
-        if missing:
-            reporter.progress("names limited: not allowed to list " + ", ".join(missing))
+    _say_zeek_dedup(opts, len(plan.targets) > 1, reporter)
+    book, watcher = _load_names(kube, opts, reporter)
 
     sinks: list[Sink] = []
     file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
-    following: Following | None = None
     wrote_anything = False
     capture_pods = _CapturePods(kube, plan.capture_namespace, opts, reporter.progress)
     try:
-        title = f"node/{plan.node_name}" if plan.node_name else _title(infos,
-                                                                        opts.target.selector)
+        title = (f"node/{plan.node_name}" if plan.node_name
+                 else _title([t.info for t in plan.targets], opts.target.selector))
         sinks = open_sinks(opts, title, book, stdout, kube.context_name)
         file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
-        if plan.node is not None:
-            infos = [capture_pods.on_node(plan.node)]
-            containers = [NODE_CONTAINER]
-        elif capture_pods.via is not None:
-            infos = _place_via_node(capture_pods.via, plan.targets, reporter, many)
-            containers = [NODE_CONTAINER] * len(infos)
-        else:
-            containers = _ensure_containers(kube, plan.targets, opts, reporter, many,
-                                            plan.levels)
+        infos, containers = _lanes(kube, plan, capture_pods, opts, reporter)
         if watcher is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
             # missed, and a failure before this point exits with no watch thread mid-request
@@ -205,30 +186,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         pipeline = OutputPipeline(
             sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
         )
-        sources = plan.resolution.sources
-        if (many or sources) and opts.output.reorder_window > 0:
-            pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
-        if (many or sources) and opts.output.dedup:
-            pipeline.deduplicate()
-        run = CaptureRun(kube.endpoint(), pipeline, opts.tcpdump, opts.limits, reporter,
-                         opts.reconnect_for)
-        if sources:
-            from kubectl_zsniff.capture.follow import Following
-
-            following = Following(kube, run, pipeline, opts, plan.levels, reporter, sources,
-                                  capture_pods.via)
-        reporter.progress(
-            f"capturing {', '.join(i.title for i in infos)} "
-            f"on {opts.tcpdump.interface}"
-            + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
-            + (f" from capture pods in {plan.capture_namespace}"
-               if capture_pods.via is not None else "")
-        )
-        try:
-            summary = asyncio.run(run.run())
-        finally:
-            if following is not None:
-                following.stop()
+        summary = _stream(kube, pipeline, plan, capture_pods.via, opts, reporter)
         if watcher is not None and watcher.errors:
             summary.notes.append(_watch_note(watcher.errors))
         wrote_anything = pipeline.output_bytes > 0
@@ -255,6 +213,60 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         if not wrote_anything and file_sink is not None:
             # Nothing captured because we failed before the stream: leave no empty file.
             file_sink.discard_if_empty()
+
+
+def _load_names(kube: KubeClient, opts: CaptureOptions,
+                reporter: Reporter) -> tuple[NameBook | None, NameWatcher | None]:
+    """The cluster's names as listed now; the watcher that keeps them current, not started."""
+    if not opts.names:
+        return None, None
+    book = NameBook()
+    watcher = NameWatcher(book, kube, kube.namespace)
+    missing = watcher.load()
+    if missing:
+        reporter.progress("names limited: not allowed to list " + ", ".join(missing))
+    return book, watcher
+
+
+def _lanes(kube: KubeClient, plan: _Plan, capture_pods: _CapturePods, opts: CaptureOptions,
+           reporter: Reporter) -> tuple[list[PodInfo], list[str]]:
+    """What each lane captures and the container tcpdump runs in, made ready to capture."""
+    if plan.node is not None:
+        return [capture_pods.on_node(plan.node)], [NODE_CONTAINER]
+    many = len(plan.targets) > 1
+    if capture_pods.via is not None:
+        infos = _place_via_node(capture_pods.via, plan.targets, many)
+        return infos, [NODE_CONTAINER] * len(infos)
+    containers = _ensure_containers(kube, plan.targets, opts, reporter, many, plan.levels)
+    return [t.info for t in plan.targets], containers
+
+
+def _stream(kube: KubeClient, pipeline: OutputPipeline, plan: _Plan, via: ViaNodePods | None,
+            opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
+    """Capture until the end (a limit, a signal, the last pod gone), following workloads."""
+    sources = plan.resolution.sources
+    if (len(pipeline.lanes) > 1 or sources) and opts.output.reorder_window > 0:
+        pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
+    if (len(pipeline.lanes) > 1 or sources) and opts.output.dedup:
+        pipeline.deduplicate()
+    run = CaptureRun(kube.endpoint(), pipeline, opts.tcpdump, opts.limits, reporter,
+                     opts.reconnect_for)
+    following: Following | None = None
+    if sources:
+        from kubectl_zsniff.capture.follow import Following
+
+        following = Following(kube, run, pipeline, opts, plan.levels, reporter, sources, via)
+    reporter.progress(
+        f"capturing {', '.join(lane.pod.title for lane in pipeline.lanes)} "
+        f"on {opts.tcpdump.interface}"
+        + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
+        + (f" from capture pods in {plan.capture_namespace}" if via is not None else "")
+    )
+    try:
+        return asyncio.run(run.run())
+    finally:
+        if following is not None:
+            following.stop()
 
 
 def _refuse_used_outputs(opts: CaptureOptions) -> None:
@@ -366,8 +378,7 @@ class _CapturePods:
         return failures
 
 
-def _place_via_node(via: ViaNodePods, targets: list[Target], reporter: Reporter,
-                    many: bool) -> list[PodInfo]:
+def _place_via_node(via: ViaNodePods, targets: list[Target], many: bool) -> list[PodInfo]:
     """Each target as captured from its node's capture pod (made on first need)."""
     placed = []
     for t in targets:
