@@ -194,8 +194,10 @@ def test_a_kubelet_restart_mid_capture_is_survived_through_the_capture_pod(
     try:
         seen: list[str] = []
         wait_listening(proc, 1, seen)
-        (capture_pod,) = capture_pods(cluster, "default")
-        before = wait_capture_live(cluster, "default", capture_pod, proc=proc)
+        assert len(capture_pods(cluster, "default")) == 1, "".join(seen)
+        # tcpdump runs in the capture pod's cgroup but in the web pod's network namespace,
+        # which is where the cluster lists it.
+        before = wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
         time.sleep(1.5)
         cluster.restart("kubelet", down_for=1.0)
         assert proc.stderr is not None
@@ -206,7 +208,7 @@ def test_a_kubelet_restart_mid_capture_is_survived_through_the_capture_pod(
             if not line:
                 break
             seen.append(line)
-        after = wait_capture_live(cluster, "default", capture_pod, proc=proc)
+        after = wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
         time.sleep(2.0)  # packets after the gap
         proc.send_signal(signal.SIGINT)
         _, rest = proc.communicate(timeout=90)
