@@ -14,14 +14,13 @@ from kubectl_zsniff.capture.run import CaptureRun, Reporter
 from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient
 from kubectl_zsniff.kube.container import (
-    check_capturable,
-    describe_pod,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
 )
 from kubectl_zsniff.kube.follow import PodFollower, pod_key
 from kubectl_zsniff.kube.nodecapture import CONTAINER as CAPTURE_POD_CONTAINER
+from kubectl_zsniff.kube.pod import check_capturable, describe_pod
 from kubectl_zsniff.kube.targets import PodSource
 from kubectl_zsniff.kube.vianode import ViaNodePods
 from kubectl_zsniff.options import CaptureOptions

@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from kubectl_zsniff.capture.reconnect import Reconnector
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.pcap import encode_pcap_header
-from kubectl_zsniff.kube.container import NO_POD_PROCESS_EXIT, PodInfo, capture_command
+from kubectl_zsniff.kube.pod import PodInfo
+from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT, capture_command
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
 from kubectl_zsniff.wire.endpoint import ApiEndpoint

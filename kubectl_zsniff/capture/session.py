@@ -23,8 +23,6 @@ from kubectl_zsniff.capture.run import (
 from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient, field, load_client
 from kubectl_zsniff.kube.container import (
-    PodInfo,
-    describe_pod,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
@@ -40,6 +38,7 @@ from kubectl_zsniff.kube.nodecapture import (
     refuse_missing_rights,
     tolerations_for,
 )
+from kubectl_zsniff.kube.pod import PodInfo, describe_pod
 from kubectl_zsniff.kube.targets import (
     NODE,
     Resolution,

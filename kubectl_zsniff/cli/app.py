@@ -994,7 +994,8 @@ def leftovers_command(pods: tuple[str, ...], debug: bool, **kw: Any) -> None:
     def action() -> int:
         from kubectl_zsniff.cli.streams import standard_output
         from kubectl_zsniff.kube.client import load_client
-        from kubectl_zsniff.kube.container import get_pod, leftovers
+        from kubectl_zsniff.kube.container import leftovers
+        from kubectl_zsniff.kube.pod import get_pod
 
         kube = load_client(
             KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])

@@ -24,9 +24,9 @@ from kubectl_zsniff.kube.container import (
     CAPTURE_CAPABILITIES,
     CONTAINER_PREFIX,
     FATAL_WAITING,
-    LIFETIME_SCRIPT,
     PSA_LABEL,
 )
+from kubectl_zsniff.kube.scripts import LIFETIME_SCRIPT
 from kubectl_zsniff.kube.watch import Listed, list_and_watch, pod_versions
 from kubectl_zsniff.options import InjectOptions
 

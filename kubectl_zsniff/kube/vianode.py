@@ -15,7 +15,6 @@ from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient, field
-from kubectl_zsniff.kube.container import CapturePlace, PodInfo, describe_pod
 from kubectl_zsniff.kube.nodecapture import (
     CONTAINER,
     NodeAccess,
@@ -23,6 +22,7 @@ from kubectl_zsniff.kube.nodecapture import (
     create_node_pod,
     delete_node_pod,
 )
+from kubectl_zsniff.kube.pod import CapturePlace, PodInfo, describe_pod
 from kubectl_zsniff.options import InjectOptions
 
 

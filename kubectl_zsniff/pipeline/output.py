@@ -25,7 +25,7 @@ from kubectl_zsniff.formats.pcapng import (
     name_resolution_block,
     section_header_block,
 )
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.dedup import DEFAULT_WINDOW_NS as DEDUP_WINDOW_NS

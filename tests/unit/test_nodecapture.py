@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from kubectl_zsniff.errors import ExitStatus
-from kubectl_zsniff.kube.container import LIFETIME_SCRIPT
 from kubectl_zsniff.kube.nodecapture import (
     CONTAINER,
     NODE_LABEL,
@@ -16,6 +15,7 @@ from kubectl_zsniff.kube.nodecapture import (
     psa_refusal,
     tolerations_for,
 )
+from kubectl_zsniff.kube.scripts import LIFETIME_SCRIPT
 
 TAINTS = [
     {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},

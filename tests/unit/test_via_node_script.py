@@ -11,12 +11,8 @@ import pytest
 
 from kubectl_zsniff.capture.run import TcpdumpReport, tcpdump_failure
 from kubectl_zsniff.errors import ExitStatus
-from kubectl_zsniff.kube.container import (
-    NO_POD_PROCESS_EXIT,
-    CapturePlace,
-    PodInfo,
-    capture_command,
-)
+from kubectl_zsniff.kube.pod import CapturePlace, PodInfo
+from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT, capture_command
 from kubectl_zsniff.options import TcpdumpOptions
 
 SHELLS = [s for s in ("/bin/busybox", "/bin/dash", "/bin/sh") if shutil.which(s)]
