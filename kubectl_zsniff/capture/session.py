@@ -262,7 +262,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
             if following is not None:
                 following.stop()
         if watcher is not None and watcher.errors:
-            summary.notes.append(_watch_note(watcher.errors))
+            summary.notes.append(_watch_note(watcher.error_count, watcher.errors[-1]))
         wrote_anything = pipeline.output_bytes > 0
         # Every sink opened, also those the pipeline dropped (a reader gone, a stall): each
         # must be closed, Zeek above all, which then finishes and has its logs named.
@@ -296,9 +296,9 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
             file_sink.discard_if_empty()
 
 
-def _watch_note(errors: list[str]) -> str:
-    times = f"{len(errors)} times" if len(errors) > 1 else "once"
-    return (f"the watch of the cluster's names failed {times} (last: {errors[-1]}) and was "
+def _watch_note(count: int, last: str) -> str:
+    times = f"{count:,} times" if count > 1 else "once"
+    return (f"the watch of the cluster's names failed {times} (last: {last}) and was "
             "listed again each time; a name that changed in a gap was applied late")
 
 

@@ -226,3 +226,14 @@ def test_a_book_read_from_a_file_keeps_all_its_history() -> None:
         book.record("10.1.0.9", PodName(f"shop/p{n}", "shop"), float(n))
     assert book.history_size() == (1, 3000)
     assert book.lookup("10.1.0.9", 0.5) == PodName("shop/p0", "shop")
+
+
+def test_watch_failures_keep_a_count_and_the_last_few_not_every_message() -> None:
+    """An API server away for an hour fails each watch once a second: the summary says how
+    many times and the last reason; the watcher does not hold 10,000 messages for that."""
+    watcher = NameWatcher(NameBook(), FakeKube({}), "shop")
+    for n in range(10_000):
+        watcher._failed(f"watch pods: connection refused ({n})")
+    assert watcher.error_count == 10_000
+    assert len(watcher.errors) <= 20
+    assert watcher.errors[-1] == "watch pods: connection refused (9999)"
