@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_stream import start_cluster  # noqa: E402
+from kubectl_zsniff.formats.pcapng import NameRecords, read_capture  # noqa: E402
 from tests.e2e.conftest import (  # noqa: E402
     POD_PYTHON,
     PODNET,
@@ -157,7 +158,13 @@ def soak(cluster: Any, zsniff: Zsniff, pair: PodPair, folder: Path, args: argpar
     most = [0]
     counter = threading.Thread(target=count_files, args=(folder, counting, most), daemon=True)
     samples: list[tuple[float, int, int]] = []
-    err = ""
+    # stderr read all along: 20 minutes of warnings must never fill the pipe and stall zsniff.
+    lines: list[str] = []
+    stderr = proc.stderr
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")),
+                              daemon=True)
+    reader.start()
     try:
         wait_capture_live(cluster, NAMESPACE, pair.web, proc=proc)
         start = time.monotonic()
@@ -168,7 +175,8 @@ def soak(cluster: Any, zsniff: Zsniff, pair: PodPair, folder: Path, args: argpar
         next_sample = start + SAMPLE_EVERY
         while time.monotonic() < end:
             if proc.poll() is not None:
-                raise SystemExit(f"zsniff ended early ({proc.returncode}): {proc.stderr.read()}")
+                reader.join(10)
+                raise SystemExit(f"zsniff ended early ({proc.returncode}): {''.join(lines)}")
             time.sleep(max(0.0, min(next_sample, end) - time.monotonic()))
             if time.monotonic() >= next_sample:
                 rss, hwm = status_kib(proc.pid)
@@ -184,9 +192,10 @@ def soak(cluster: Any, zsniff: Zsniff, pair: PodPair, folder: Path, args: argpar
         traffic.finish()
         time.sleep(1.0)  # the last echoes reach the file
         stop_process(proc, signal.SIGINT, timeout=60)
-        _, err = proc.communicate(timeout=60)
+        reader.join(30)
         counting.set()
         counter.join(5)
+    err = "".join(lines)
     print(err.strip(), flush=True)
     return report(samples, folder, most[0], err, proc.returncode, traffic, churn, args)
 
@@ -196,6 +205,9 @@ def report(samples: list[tuple[float, int, int]], folder: Path, most: int, err: 
     files = sorted(folder.glob("soak-*.pcapng"))
     valid = 0
     packets_left = 0
+    # The name table each file starts with: what the capture carries from file to file.
+    tables = [next((len(e.records) for e in read_capture(str(path))
+                    if isinstance(e, NameRecords)), 0) for path in files]
     for path in files:
         check = subprocess.run(["capinfos", "-c", str(path)], capture_output=True, text=True,
                                timeout=60)
@@ -231,6 +243,8 @@ def report(samples: list[tuple[float, int, int]], folder: Path, most: int, err: 
               " MiB")
     print(f"  files: at most {most} on disk at once (ring {args.ring}); {len(files)} left, "
           f"{valid} valid by capinfos; last file number {last_number}")
+    print(f"  names each file left starts with: {tables} (pods made over the soak: "
+          f"{churn.made})")
     print(f"  packets: {delivered:,} delivered, {dropped:,} dropped by the kernel; "
           f"{packets_left:,} in the files left")
     print(f"  traffic: {traffic.rounds:,} rounds, {traffic.failures:,} failed exchanges; churn: "
