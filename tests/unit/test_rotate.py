@@ -3,10 +3,12 @@ names, no packet lost or doubled between consecutive files, the ring never over 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,3 +238,48 @@ def test_an_address_reowned_in_one_file_carries_no_comment_in_the_next(tmp_path:
         assert not comments(path), path
         assert "tools/new" in tshark_hosts(path)
     assert not pipe._reowned
+
+
+class FullDisk:
+    """A file whose every write fails as on a full disk (its header cannot go in)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def test_a_new_file_whose_header_does_not_fit_is_removed_not_left_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills just as a file starts: an empty file is no pcapng (capinfos rejects it),
+    so it goes, and the error says the finished ones are intact."""
+    from kubectl_zsniff.sinks import rotate
+
+    real_open = rotate.open_output
+
+    def open_output(path: Path, buffering: int = 0) -> Any:
+        if path.name.endswith("-00003.pcapng"):
+            return FullDisk(path), True
+        return real_open(path, buffering=buffering)
+
+    monkeypatch.setattr(rotate, "open_output", open_output)
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=20_000), [WEB])
+    pipe.feed(encode_pcap_header(1) + numbered_stream(0, 200))
+    assert pipe.failure is not None and pipe.failure.status == ExitStatus.OUTPUT_ERROR
+    assert "the 2 finished files before it are intact" in pipe.failure.message
+    assert "held no packet and was removed" in pipe.failure.message
+    assert "free some space" in pipe.failure.hint
+    files = sink.close().files
+    assert [p.name for p in files] == ["web-00001.pcapng", "web-00002.pcapng"]
+    assert not (tmp_path / "web-00003.pcapng").exists()
+    for path in files:
+        assert capinfos_packets(path) == len(sequence(path)) > 0
+    assert [n for p in files for n in sequence(p)] == list(range(len(sequence(files[0])) +
+                                                                 len(sequence(files[1]))))
