@@ -187,7 +187,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         )
         summary = _stream(kube, pipeline, plan, capture_pods.via, opts, reporter)
         if watcher is not None and watcher.errors:
-            summary.notes.append(_watch_note(watcher.errors))
+            summary.notes.append(_watch_note(watcher.error_count, watcher.errors[-1]))
         wrote_anything = pipeline.output_bytes > 0
         # Every sink opened, also those the pipeline dropped (a reader gone, a stall): each
         # must be closed, Zeek above all, which then finishes and has its logs named.
@@ -391,9 +391,9 @@ def _place_via_node(via: ViaNodePods, targets: list[Target], many: bool) -> list
     return placed
 
 
-def _watch_note(errors: list[str]) -> str:
-    times = f"{len(errors)} times" if len(errors) > 1 else "once"
-    return (f"the watch of the cluster's names failed {times} (last: {errors[-1]}) and was "
+def _watch_note(count: int, last: str) -> str:
+    times = f"{count:,} times" if count > 1 else "once"
+    return (f"the watch of the cluster's names failed {times} (last: {last}) and was "
             "listed again each time; a name that changed in a gap was applied late")
 
 
