@@ -35,9 +35,12 @@ IMAGE = "busybox"
 REPO_ROOT = HERE.parents[1]
 # The CLI of this checkout (PYTHONPATH below), not whichever copy an editable install points
 # at: the `kubectl-zsniff` console script runs the same main() with the installed package.
+# Ctrl-C as a terminal delivers it: a suite started in the background of a script (`cmd &`)
+# hands its children SIGINT ignored, and Python then sets no KeyboardInterrupt handler.
 ZSNIFF: list[str] = [
     sys.executable, "-c",
-    "import sys; sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli.app import main; main()",
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'kubectl-zsniff'; from kubectl_zsniff.cli.app import main; main()",
 ]
 _names = itertools.count(1)
 # Subcommands that take no --image (they inject nothing).
