@@ -255,10 +255,11 @@ def _kube_options(func: Any) -> Any:
 @click.option(
     "--compress",
     is_flag=True,
-    help="Gzip the stream in the pod (the image's gzip and dd, one gzip member per read), "
-    "decompress here: for a slow API server link and compressible traffic (plain HTTP, JSON: "
-    "5.5x; TLS or random payloads: ~1.04x). Costs the pod ~60-80 ms of CPU per MB of pcap "
-    "(busybox gzip; one core compresses ~12 MB/s) and adds ~1 ms per packet (p90 5 ms).",
+    help="Gzip the stream in the pod (the image's gzip and dd), decompress here: for a slow "
+    "API server link and compressible traffic (plain HTTP, JSON: ~5x; TLS or random payloads: "
+    "~1.04x, no gain). Costs the pod ~0.1 CPU s per MB of pcap (busybox gzip: ~25% of a core "
+    "at 2 MB/s, ~80% at 8 MB/s, which a BestEffort pod on a busy node may not get) and delays "
+    "each packet by 3-5 ms, at most ~55 ms.",
 )
 @click.option(
     "--count",
