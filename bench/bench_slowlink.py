@@ -20,7 +20,7 @@ container's CPU seconds (its cgroup's cpuacct.usage: tcpdump, and gzip with --co
 Rounds alternate the order of the clients. Ratios are against kubectl in the same round.
 
     sudo python bench/bench_slowlink.py [--rate-mbit 30] [--traffic-mbs 8] [--seconds 15]
-                                        [--rounds 3] [--state DIR]
+                                        [--rounds 3] [--cpu-request 1] [--state DIR]
 """
 
 from __future__ import annotations
@@ -173,6 +173,9 @@ def main() -> int:
     ap.add_argument("--drain", type=float, default=10.0,
                     help="the capture runs this long after the traffic ends")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cpu-request", default="",
+                    help="the web pod's CPU request (e.g. 1): its cgroup's CPU share, which "
+                    "the capture container's processes run under; none: BestEffort")
     ap.add_argument("--state", type=Path, default=None, help="a running real cluster to use")
     ap.add_argument("--json", type=Path, default=None, help="also write every run here")
     args = ap.parse_args()
@@ -195,8 +198,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="zsniff-slowlink-out-", dir="/var/tmp"))
     runs: list[dict[str, Any]] = []
     try:
-        for pod in ("web", "client"):
-            handle.create_pod(pod)
+        handle.create_pod("client")
+        web: dict[str, Any] = {"name": "main", "image": handle.capture_image,
+                               "command": ["sleep", "3600"], "imagePullPolicy": "IfNotPresent"}
+        if args.cpu_request:
+            web["resources"] = {"requests": {"cpu": args.cpu_request},
+                                "limits": {"cpu": args.cpu_request}}
+        handle.create_pod("web", containers=[web])
         web_ip = handle.get_pod("web", "default")["status"]["podIP"]
         # One short capture injects the capture container every client then shares.
         subprocess.run([*CLI, "web", "-n", "default", "--count", "1", "-d", "3s", "-w",
@@ -207,7 +215,9 @@ def main() -> int:
         shape_api_link(handle.record.holder_pid, args.rate_mbit)
         print(f"link: {args.rate_mbit:g} Mbit/s (API server -> client, node netns lo); "
               f"traffic: {args.traffic_mbs:g} MB/s of UDP JSON text for {args.seconds:g} s; "
-              f"capture container {container}; load {os.getloadavg()[0]:.1f}", flush=True)
+              f"capture container {container}; web pod CPU request "
+              f"{args.cpu_request or 'none (BestEffort)'}; load {os.getloadavg()[0]:.1f}",
+              flush=True)
         for round_no in range(args.rounds):
             order = CLIENTS[round_no % 3:] + CLIENTS[:round_no % 3]
             for client in order:

@@ -255,8 +255,9 @@ def _kube_options(func: Any) -> Any:
 @click.option(
     "--compress",
     is_flag=True,
-    help="Gzip the stream in the pod (the image's gzip and dd), decompress here: for a slow "
-    "API server link and compressible traffic (plain HTTP, JSON: ~5x; TLS or random payloads: "
+    help="Experimental: gzip the stream in the pod (the image's gzip and dd), decompress here: "
+    "meant for a slow API server link and compressible traffic; under a flood on the real test "
+    "cluster it fell far behind (bench/RESULTS.md) (plain HTTP, JSON: ~5x; TLS or random payloads: "
     "~1.04x, no gain). Costs the pod ~0.1 CPU s per MB of pcap (busybox gzip: ~25% of a core "
     "at 2 MB/s, ~80% at 8 MB/s, which a BestEffort pod on a busy node may not get) and delays "
     "each packet by 3-5 ms, at most ~55 ms.",

@@ -170,3 +170,51 @@ def test_an_image_without_gzip_is_named_with_a_hint(tmp_path: Path) -> None:
     assert error.status == ExitStatus.CAPTURE_FAILED
     assert "no gzip" in error.message and "--compress" in error.hint
     assert missing_compressor(["tcpdump: syntax error"]) is None
+
+
+@pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump")
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_each_packet_comes_out_while_tcpdump_still_runs(shell: list[str], tmp_path: Path
+                                                        ) -> None:
+    """A trickle of packets (a quiet pod): each is decoded within a fraction of a second of
+    tcpdump writing it, not held by gzip until the capture ends."""
+    import threading
+    import time
+
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    cmd = shell + compressed_capture_command("zsniff-unittest", ["-r", str(fifo), "-U",
+                                                                 "-w", "-"])[1:]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stdin is not None
+    got = bytearray()
+    decoder = GzipStream(got.extend)
+    stdout = proc.stdout
+
+    def read() -> None:
+        while chunk := os.read(stdout.fileno(), 65536):
+            decoder.feed(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    pcap = _pcap(6)
+    ends = _record_ends(pcap)
+    delays = []
+    with open(fifo, "wb", buffering=0) as writer:
+        writer.write(pcap[:24])
+        start = 24
+        for end in ends:
+            writer.write(pcap[start:end])
+            sent = time.monotonic()
+            while len(got) < end and time.monotonic() - sent < 5:
+                time.sleep(0.001)
+            delays.append(time.monotonic() - sent)
+            assert bytes(got) == pcap[:end]
+            start = end
+            time.sleep(0.2)
+    reader.join(timeout=10)
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 0
+    # The wrapper waits 50 ms after a short read; a loaded 2-core machine adds some.
+    assert max(delays) < 1.0, delays
