@@ -49,6 +49,7 @@ class TargetOptions:
     all_namespaces: bool = False
     max_pods: int = 20
     skip_uncapturable: bool = False  # capture the pods that can be, say which were skipped
+    capture_namespace: str | None = None  # node/NAME: where its capture pod is made
 
 
 @dataclass(frozen=True)

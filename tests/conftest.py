@@ -110,7 +110,13 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     finally:
         problems = real.down(state)
         assert not problems, problems
-        assert not node.node_pids(handle.record, handle.prefix), "node processes left behind"
+        # A process SIGKILLed by down() is gone only once it is reaped: give that a moment
+        # (a check at once saw one that had exited by the time anyone looked).
+        deadline = time.monotonic() + 5
+        while node.node_pids(handle.record, handle.prefix) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = node.node_pids(handle.record, handle.prefix)
+        assert not left, f"node processes left behind: {_describe(left)}"
         assert not list(node._cgroup_dirs(handle.prefix)), "cgroups left behind"
         assert not state.exists(), f"{state} left behind"
         assert _host_links() == links_before, "the host's links changed"
@@ -168,3 +174,13 @@ def kube_home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     return home
+
+
+def _describe(pids: set[int]) -> list[str]:
+    out = []
+    for pid in sorted(pids):
+        try:
+            out.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:80]!r}")
+        except OSError:
+            out.append(f"{pid} (gone)")
+    return out

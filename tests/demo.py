@@ -114,7 +114,8 @@ def main() -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KUBECONFIG=str(state / "kubeconfig"))
         capture_cmd = [*kubectl_zsniff(), "web", "-n", "shop", "-d", f"{args.seconds:g}s",
-                       "-w", str(out), "--image", "docker.io/nicolaka/netshoot:v0.13",
+                       # --force: a second demo replaces the first one's capture.
+                       "-w", str(out), "--force", "--image", "docker.io/nicolaka/netshoot:v0.13",
                        "ip", "or", "(ip6", "and", "not", "ip6", "multicast)"]
         print("$ kubectl zsniff " + " ".join(capture_cmd[len(kubectl_zsniff()):]), flush=True)
         capture = subprocess.Popen(capture_cmd, env=env)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -19,15 +20,30 @@ from kubectl_zsniff.capture.run import (
     check_filter_locally,
 )
 from kubectl_zsniff.errors import ZsniffError
-from kubectl_zsniff.kube.client import KubeClient, load_client
+from kubectl_zsniff.kube.client import JSON, KubeClient, field, load_client
 from kubectl_zsniff.kube.container import (
     PodInfo,
+    describe_pod,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
 )
 from kubectl_zsniff.kube.namewatch import NameWatcher
-from kubectl_zsniff.kube.targets import Target, host_network_note, resolve_targets
+from kubectl_zsniff.kube.nodecapture import CONTAINER as NODE_CONTAINER
+from kubectl_zsniff.kube.nodecapture import (
+    create_node_pod,
+    delete_node_pod,
+    psa_refusal,
+    read_node,
+)
+from kubectl_zsniff.kube.targets import (
+    NODE,
+    Resolution,
+    Target,
+    host_network_note,
+    parse_targets,
+    resolve_targets,
+)
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
@@ -154,15 +170,26 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     kube = load_client(opts.kube)
     namespace = kube.namespace
     target = opts.target
-    resolution = resolve_targets(
-        kube, namespace, target.pods, target.container, target.selector,
-        target.all_namespaces, target.max_pods, reporter.progress,
-    )
-    targets = resolution.targets
-    for note in filter(None, map(host_network_note, targets)):
-        reporter.progress(note)
-    levels = _psa_levels(kube, targets)
-    targets = _preflight(targets, levels, opts, reporter)
+    node_name = next((r.name for r in parse_targets(target.pods) if r.kind is NODE), None)
+    node: JSON | None = None
+    capture_ns = target.capture_namespace or namespace
+    if node_name is None:
+        resolution = resolve_targets(
+            kube, namespace, target.pods, target.container, target.selector,
+            target.all_namespaces, target.max_pods, reporter.progress,
+        )
+        targets = resolution.targets
+        for note in filter(None, map(host_network_note, targets)):
+            reporter.progress(note)
+        levels = _psa_levels(kube, targets)
+        targets = _preflight(targets, levels, opts, reporter)
+    else:
+        # Everything that can refuse a node capture, before its pod is made.
+        node = read_node(kube, node_name)
+        refusal = psa_refusal(capture_ns, namespace_psa_level(kube, capture_ns))
+        if refusal is not None:
+            raise refusal
+        resolution, targets, levels = Resolution([], []), [], {}
     infos = [t.info for t in targets]
     many = len(targets) > 1
     if many and opts.output.zeek and not opts.output.dedup:
@@ -191,11 +218,19 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
     following: Following | None = None
     wrote_anything = False
+    node_pod: str | None = None
     try:
-        sinks = open_sinks(opts, _title(infos, target.selector), book, stdout,
-                           kube.context_name)
+        title = f"node/{node_name}" if node_name else _title(infos, target.selector)
+        sinks = open_sinks(opts, title, book, stdout, kube.context_name)
         file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
-        containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
+        if node is not None:
+            made = create_node_pod(kube, capture_ns, node, opts.inject, reporter.progress)
+            node_pod = str(field(made, "metadata", "name"))
+            # Named after the node, not its capture pod: the node's traffic is what it holds.
+            infos = [replace(describe_pod(made), label=f"node/{node_name}")]
+            containers = [NODE_CONTAINER]
+        else:
+            containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
         if watcher is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
             # missed, and a failure before this point exits with no watch thread mid-request
@@ -217,7 +252,7 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
             following = Following(kube, run, pipeline, opts, levels, reporter,
                                   resolution.sources)
         reporter.progress(
-            f"capturing {', '.join(f'{i.namespace}/{i.name}' for i in infos)} "
+            f"capturing {', '.join(i.title for i in infos)} "
             f"on {opts.tcpdump.interface}"
             + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
         )
@@ -233,8 +268,24 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         # must be closed, Zeek above all, which then finishes and has its logs named.
         summary.sink_results = _close_sinks(sinks, summary)
         sinks = []
+        if node_pod is not None:
+            pod_name, node_pod = node_pod, None
+            try:
+                delete_node_pod(kube, capture_ns, pod_name, reporter.progress)
+            except ZsniffError as err:
+                summary.notes.append(err.message)
+                if summary.error is None:
+                    summary.error = err
+                    summary.exit_status = err.status
         return summary
     finally:
+        if node_pod is not None:
+            # A failure or Ctrl-C before the capture's end: the pod goes all the same. A
+            # failing deletion is said, and the error on its way out stays the one reported.
+            try:
+                delete_node_pod(kube, capture_ns, node_pod, reporter.progress)
+            except ZsniffError as err:
+                reporter.progress(f"{err.message}; {err.hint}")
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()

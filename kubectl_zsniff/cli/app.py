@@ -224,9 +224,9 @@ def _kube_options(func: Any) -> Any:
 @click.option(
     "-i",
     "--interface",
-    default="eth0",
-    show_default=True,
-    help="Interface inside the pod; `any` adds loopback (LINUX_SLL2 link type).",
+    default=None,
+    help="Interface inside the pod (default eth0; `any` adds loopback, LINUX_SLL2 link "
+    "type); for node/NAME the node's (default any: every interface of the node).",
 )
 @click.option(
     "-f",
@@ -353,6 +353,12 @@ def _kube_options(func: Any) -> Any:
     help="Image of the capture container (needs sh and tcpdump).",
 )
 @click.option(
+    "--capture-namespace",
+    default=None,
+    help="node/NAME: where the capture pod is made (default: the context's namespace); it "
+    "must allow hostNetwork and NET_RAW (PodSecurity privileged).",
+)
+@click.option(
     "--privileged", is_flag=True, help="Run the capture container privileged (only if you must)."
 )
 @click.option(
@@ -469,6 +475,12 @@ def split_targets(words: list[str], selector: str | None) -> tuple[list[str], li
     return named, words
 
 
+def _is_node_word(word: str) -> bool:
+    from kubectl_zsniff.kube.targets import NODE, parse_target
+
+    return parse_target(word).kind is NODE
+
+
 def build_capture_options(**kw: Any) -> CaptureOptions:
     # Zero is no limit for none of them (--count 0 is refused by its type): leave a limit out
     # for no limit, rather than `-d 0` capturing forever and `--max-size 0` writing nothing.
@@ -493,6 +505,15 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     pods, filter_words = split_targets(list(kw["words"]), kw["selector"])
     if kw["all_namespaces"] and not kw["selector"]:
         raise click.UsageError("-A/--all-namespaces goes with -l/--selector")
+    nodes = [p for p in pods if _is_node_word(p)]
+    if nodes and (len(pods) > 1 or kw["selector"]):
+        raise click.UsageError(
+            "node/NAME is captured alone: it already holds every pod on that node (run "
+            "one zsniff per node, or name pods without the node)")
+    if kw["capture_namespace"] and not nodes:
+        raise click.UsageError("--capture-namespace is where a node capture pod is made: it "
+                               "goes with node/NAME")
+    interface = kw["interface"] or ("any" if nodes else "eth0")
     pod = pods[0].replace("/", "_") if pods else (kw["selector"] or "pods")
     filter_text = kw["bpf_filter"]
     if filter_words:
@@ -538,13 +559,13 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
         target=TargetOptions(
             tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"],
-            kw["skip_uncapturable"],
+            kw["skip_uncapturable"], kw["capture_namespace"],
         ),
         inject=InjectOptions(
             kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
         ),
         tcpdump=TcpdumpOptions(
-            kw["interface"], kw["snaplen"], filter_text, not kw["no_promiscuous"],
+            interface, kw["snaplen"], filter_text, not kw["no_promiscuous"],
             kw["buffer_kib"], kw["compress"],
         ),
         limits=CaptureLimits(kw["packet_count"], kw["duration"], kw["max_size"]),

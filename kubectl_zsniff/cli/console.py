@@ -104,9 +104,9 @@ class ConsoleReporter:
         pods = summary.pods
         if len(pods) > 1:
             pod = f"{len(pods)} pods (" + ", ".join(
-                f"{p.pod.namespace}/{p.pod.name}: {p.packets:,}" for p in pods) + ")"
+                f"{p.pod.title}: {p.packets:,}" for p in pods) + ")"
         else:
-            pod = f"{summary.pod.namespace}/{summary.pod.name}"
+            pod = summary.pod.title
         drops = [p.report.dropped for p in pods]
         parts = [
             f"{plural(summary.packets, 'packet')} ({human_bytes(summary.data_bytes)}) from {pod} "

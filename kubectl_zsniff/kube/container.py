@@ -10,7 +10,7 @@ from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field, pod_ips
-from kubectl_zsniff.kube.watch import Listed, list_and_watch
+from kubectl_zsniff.kube.watch import pod_versions
 from kubectl_zsniff.options import InjectOptions
 
 CONTAINER_PREFIX = "zsniff-"
@@ -57,6 +57,12 @@ class PodInfo:
     pod_ips: tuple[str, ...]
     # Why a container cannot start (ImagePullBackOff, CrashLoopBackOff...), with its message.
     waiting: tuple[str, str] | None = None
+    # What the capture is named after, when not this pod: `node/NAME` for a node capture pod.
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or f"{self.namespace}/{self.name}"
 
 
 def capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
@@ -420,20 +426,13 @@ def wait_until_running(
 ) -> None:
     deadline = time.monotonic() + timeout
     last_reason = ""
-    for item in list_and_watch(kube, "pods", api_path("pods", namespace=namespace),
-                               deadline=deadline, fieldSelector=f"metadata.name={pod_name}"):
-        if isinstance(item, Listed):
-            if not item.items:
-                raise ZsniffError(
-                    f'pod "{pod_name}" disappeared while the capture container was starting',
-                    "",
-                    ExitStatus.NOT_FOUND,
-                )
-            pod = item.items[0]
-        elif item.type == "DELETED":
-            continue  # the list that follows says whether it is really gone
-        else:
-            pod = item.obj
+    for pod in pod_versions(kube, namespace, pod_name, deadline=deadline):
+        if pod is None:
+            raise ZsniffError(
+                f'pod "{pod_name}" disappeared while the capture container was starting',
+                "",
+                ExitStatus.NOT_FOUND,
+            )
         state, reason, message = container_state(pod, name)
         if reason and reason != last_reason:
             progress(f"capture container {state}: {reason} {message}".strip())

@@ -52,12 +52,14 @@ DAEMONSET = Kind("daemonset", "ds", "daemonsets", "apps/v1")
 REPLICASET = Kind("replicaset", "rs", "replicasets", "apps/v1")
 JOB = Kind("job", "job", "jobs", "batch/v1")
 SERVICE = Kind("service", "svc", "services", "v1")
+# A node is no workload: it is captured through a pod of its own (kube/nodecapture.py).
+NODE = Kind("node", "no", "nodes", "v1")
 KINDS = (POD, DEPLOYMENT, STATEFULSET, DAEMONSET, REPLICASET, JOB, SERVICE)
 WORKLOADS = tuple(k for k in KINDS if k is not POD)
 
 # Every spelling kubectl accepts for a kind, with and without its group.
 _BY_WORD: dict[str, Kind] = {}
-for _kind in KINDS:
+for _kind in (*KINDS, NODE):
     for _word in {_kind.name, _kind.short, _kind.plural}:
         _BY_WORD[_word] = _kind
         if _kind.group:
@@ -68,9 +70,6 @@ _REFUSED: dict[str, str] = {
     **dict.fromkeys(("cj", "cronjob", "cronjobs", "cronjob.batch", "cronjobs.batch"),
                     "a CronJob has no pods of its own: name one of its jobs, job/NAME "
                     "(kubectl get jobs)"),
-    **dict.fromkeys(("no", "node", "nodes"),
-                    "node capture is not built yet: name the node's pods, or select them with "
-                    "-A -l ... (kubectl get pods -A -o wide --field-selector spec.nodeName=NODE)"),
     **dict.fromkeys(("ns", "namespace", "namespaces"),
                     "select a namespace's pods with -n NS -l SELECTOR (every pod: -l "
                     "'!zsniff-none' matches all)"),
@@ -82,7 +81,8 @@ _REFUSED: dict[str, str] = {
                     "behind a service"),
 }
 CAN_NAME = "pods (NAME, NS/NAME, pod/NAME), " + ", ".join(
-    f"{k.short}/NAME" if k.short != k.name else f"{k.name}/NAME" for k in WORKLOADS)
+    f"{k.short}/NAME" if k.short != k.name else f"{k.name}/NAME" for k in WORKLOADS
+) + ", node/NAME"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Object names (pods, workloads) are DNS subdomains: labels joined by dots.
@@ -136,6 +136,8 @@ def parse_target(word: str) -> TargetRef:
             )
         if known is not None:
             kind = known
+            if len(parts) == 3 and known is NODE:
+                raise _bad_target(word, "a node belongs to no namespace: node/NAME")
             if len(parts) == 3:
                 namespace, name = parts[1], parts[2]
             else:
@@ -273,6 +275,8 @@ def resolve_targets(
     sources: list[PodSource] = []
     for ref in parse_targets(words):
         where = ref.namespace or namespace
+        if ref.kind is NODE:
+            continue  # captured through a pod of its own: capture/session.py
         if ref.kind is POD:
             pod = get_pod(kube, where, ref.name)
             info = describe_pod(pod)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.client import JSON, KubeClient, field
+from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field
 
 # Server-side length of one watch request; the driver opens the next one at its end.
 WATCH_SECONDS = 30
@@ -111,6 +111,18 @@ def list_and_watch(
             _report(on_error, kind, "watch", exc)
             must_list = True
             pause()
+
+
+def pod_versions(kube: KubeClient, namespace: str, name: str, *,
+                 deadline: float) -> Iterator[JSON | None]:
+    """Each version of one pod as it changes, until `deadline`; None when a list finds no such
+    pod. A DELETED event alone is passed over, as before: the pod's end shows in its status."""
+    for item in list_and_watch(kube, "pods", api_path("pods", namespace=namespace),
+                               deadline=deadline, fieldSelector=f"metadata.name={name}"):
+        if isinstance(item, Listed):
+            yield item.items[0] if item.items else None
+        elif item.type != "DELETED":
+            yield item.obj
 
 
 def _watch(kube: KubeClient, kind: str, path: str, seconds: int, rv: str | None,

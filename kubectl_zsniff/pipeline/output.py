@@ -480,7 +480,7 @@ class OutputPipeline:
         return b"".join(parts)
 
     def _section_header(self) -> bytes:
-        pods = ", ".join(f"{lane.pod.namespace}/{lane.pod.name}" for lane in self.lanes)
+        pods = ", ".join(lane.pod.title for lane in self.lanes)
         first = self.lanes[0].pod
         if len(self.lanes) == 1:
             where = (
@@ -501,9 +501,11 @@ class OutputPipeline:
         return interface_description_block(
             header.linktype,
             header.snaplen,
-            name=f"{pod.namespace}/{pod.name}",
+            name=pod.title,
             description=(
-                f"node {pod.node or '-'}, container {lane.container}, "
+                f"node {pod.node or '-'}, "
+                + (f"capture pod {pod.namespace}/{pod.name}, " if pod.label else "")
+                + f"container {lane.container}, "
                 f"interface {self.opts.interface}"
             ),
             tsresol_nanos=header.nanosecond,
@@ -520,14 +522,14 @@ class OutputPipeline:
         # The captured pods are always named, even when listing pods was not allowed.
         for lane in self.lanes:
             for ip in lane.pod.pod_ips:
-                table.setdefault(ip, f"{lane.pod.namespace}/{lane.pod.name}")
+                table.setdefault(ip, lane.pod.title)
         self._named.update(table)
         return [(ip, [name]) for ip, name in sorted(table.items())]
 
     def _lane_names(self, lane: Lane) -> bytes:
         """An NRB for a pod's own addresses when the file does not name them so yet: a pod
         that joined later may be newer than what the name watch has told."""
-        name = f"{lane.pod.namespace}/{lane.pod.name}"
+        name = lane.pod.title
         entries = [(ip, [name]) for ip in lane.pod.pod_ips if self._named.get(ip) != name]
         if not entries:
             return b""

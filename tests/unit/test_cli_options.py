@@ -55,6 +55,13 @@ CASES = [
     (["web", "-i", "any", "-s", "96", "-B", "4096", "--no-promiscuous"],
      {"tcpdump.interface": "any", "tcpdump.snaplen": 96, "tcpdump.buffer_kib": 4096,
       "tcpdump.promiscuous": False}),
+    # A node's traffic crosses many interfaces (each pod's veth, the bridge, the uplink):
+    # `any` is the default there; eth0 stays the pod default, and -i still wins.
+    (["node/worker-1"], {"target.pods": ("node/worker-1",), "tcpdump.interface": "any",
+                         "target.capture_namespace": None}),
+    (["node/worker-1", "-i", "eth0", "--capture-namespace", "zsniff"],
+     {"tcpdump.interface": "eth0", "target.capture_namespace": "zsniff"}),
+    (["web"], {"tcpdump.interface": "eth0"}),
     (["web", "-c", "app", "--image", "zsniff.test/capture:1", "--privileged"],
      {"target.container": "app", "inject.image": "zsniff.test/capture:1",
       "inject.privileged": True}),
@@ -114,6 +121,9 @@ REFUSED = [
     (["web", "-w", "r.pcapng", "-C", "0"], "must be more than 0"),
     (["web", "-w", "r.pcapng", "-W", "0", "-C", "1M"], "--ring"),
     (["web", "--reconnect-for", "-5s"], "--reconnect-for"),
+    (["node/worker-1", "pod/web"], "node/NAME is captured alone"),
+    (["node/worker-1", "-l", "app=web"], "node/NAME is captured alone"),
+    (["web", "--capture-namespace", "zsniff"], "it goes with node/NAME"),
 ]
 
 

@@ -15,6 +15,7 @@ from kubectl_zsniff.kube.targets import (
     DAEMONSET,
     DEPLOYMENT,
     JOB,
+    NODE,
     POD,
     REPLICASET,
     SERVICE,
@@ -87,11 +88,17 @@ def test_what_cannot_be_captured_is_a_usage_error_with_a_way_out(
         assert w in err.hint
 
 
-def test_node_is_refused_until_node_capture_exists() -> None:
+@pytest.mark.parametrize("word", ["node/worker-1", "no/worker-1", "nodes/worker-1"])
+def test_a_node_is_a_target_in_kubectl_spellings(word: str) -> None:
+    ref = parse_target(word)
+    assert ref.kind is NODE and ref.name == "worker-1" and ref.namespace is None
+
+
+def test_a_node_in_a_namespace_is_refused() -> None:
     with pytest.raises(ZsniffError) as caught:
-        parse_target("node/worker-1")
+        parse_target("node/shop/worker-1")
     assert caught.value.status == ExitStatus.USAGE
-    assert "not built yet" in caught.value.hint
+    assert "node/NAME" in caught.value.message
 
 
 def test_mixed_lists_keep_their_order_and_name_each_object_once() -> None:
