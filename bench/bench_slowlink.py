@@ -11,15 +11,19 @@ Every client captures the web pod's `udp port 9999` with the same tcpdump option
 
 - ``kubectl``: ``kubectl exec web -c zsniff-XXXX -- timeout -s INT SECS tcpdump ...`` (the
   kubectl built with the cluster), stdout to a file;
+- ``kubectl (PATH)``: the same with the kubectl on PATH (its real file), when there is one;
 - ``zsniff``: ``kubectl-zsniff web -f 'udp port 9999' -d SECS --format pcap -w FILE``;
 - ``zsniff --compress``: the same with --compress.
 
 Per client and round: packets sent, packets in the file, kernel drops tcpdump reported, MB over
 the shaped link (the HTB class's byte counter) and MB/s over the capture's time, the capture
 container's CPU seconds (its cgroup's cpuacct.usage: tcpdump, and gzip with --compress).
-Rounds alternate the order of the clients. Ratios are against kubectl in the same round.
+Rounds rotate the order of the clients. Ratios are against kubectl (built) in the same round.
+Also printed: both kubectls' versions, and the pipe size a container's root gets right now
+(2 pages once uid 0 is over fs.pipe-user-pages-soft machine-wide: then the pod's reads are
+8 KiB at most, which is what --compress's pump has to live with).
 
-    sudo python bench/bench_slowlink.py [--rate-mbit 30] [--traffic-mbs 8] [--seconds 15]
+    sudo python bench/bench_slowlink.py [--rate-mbit 20] [--traffic-mbs 8] [--seconds 15]
                                         [--rounds 3] [--cpu-request 1] [--state DIR]
 """
 
@@ -48,7 +52,8 @@ PORT = 9999
 FILTER = f"udp port {PORT}"
 TCPDUMP = ["tcpdump", "-i", "eth0", "-s", "262144", "-B", "8192", "--immediate-mode", "-U",
            "-w", "-", FILTER]
-CLIENTS = ("kubectl", "zsniff", "zsniff --compress")
+CLIENTS = ("kubectl", "kubectl (PATH)", "zsniff", "zsniff --compress")
+BASE = "kubectl"  # ratios are against the kubectl built with the cluster, same round
 
 # Runs in the client pod's network namespace: UDP datagrams of JSON-lines text to the web pod,
 # paced to RATE bytes/s of payload for SECONDS; prints how many it sent.
@@ -94,6 +99,25 @@ def shape_api_link(holder_pid: int, rate_mbit: float) -> None:
             "1", "u32", "match", "ip", "sport", "6443", "0xffff", "flowid", "1:20")
 
 
+def kubectl_version(binary: str) -> str:
+    out = subprocess.run([binary, "version", "--client", "-o", "json"], capture_output=True,
+                         text=True, timeout=30).stdout
+    try:
+        return str(json.loads(out)["clientVersion"]["gitVersion"])
+    except (ValueError, KeyError):
+        return "unknown version"
+
+
+def container_root_pipe_size() -> str:
+    """The pipe size a root without CAP_SYS_RESOURCE/CAP_SYS_ADMIN (a container's root) gets
+    on this machine now: 2 pages once uid 0 is over fs.pipe-user-pages-soft machine-wide."""
+    probe = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_admin,-sys_resource", sys.executable, "-c",
+         "import fcntl, os; r, w = os.pipe(); print(fcntl.fcntl(r, 1032))"],
+        capture_output=True, text=True, timeout=30)
+    return probe.stdout.strip() or f"unknown ({probe.stderr.strip()[:80]})"
+
+
 def link_bytes(holder_pid: int) -> int:
     text = node_tc(holder_pid, "-s", "class", "show", "dev", "lo", "classid", "1:20")
     match = re.search(r"Sent (\d+) bytes", text)
@@ -129,11 +153,13 @@ def drops_in(text: str) -> int | None:
     return int(match.group(1).replace(",", "")) if match else None
 
 
-def one_capture(client: str, handle: Any, kubectl: str, container: str, web_ip: str,
-                args: argparse.Namespace, out: Path, env: dict[str, str]) -> dict[str, Any]:
+def one_capture(client: str, handle: Any, kubectl: str, path_kubectl: str, container: str,
+                web_ip: str, args: argparse.Namespace, out: Path, env: dict[str, str]
+                ) -> dict[str, Any]:
     capture_seconds = int(args.seconds + args.drain)
-    if client == "kubectl":
-        argv = [kubectl, "--kubeconfig", str(handle.kubeconfig), "exec", "web", "-c", container,
+    if client.startswith("kubectl"):
+        binary = kubectl if client == "kubectl" else path_kubectl
+        argv = [binary, "--kubeconfig", str(handle.kubeconfig), "exec", "web", "-c", container,
                 "--", "timeout", "-s", "INT", str(capture_seconds), *TCPDUMP]
     else:
         argv = [*CLI, "web", "-n", "default", "-f", FILTER, "-d", f"{capture_seconds}s",
@@ -144,7 +170,8 @@ def one_capture(client: str, handle: Any, kubectl: str, container: str, web_ip: 
     link0 = link_bytes(handle.record.holder_pid)
     started = time.monotonic()
     with open(out, "wb") as sink:
-        capture = subprocess.Popen(argv, stdout=sink if client == "kubectl" else subprocess.DEVNULL,
+        capture = subprocess.Popen(argv, stdout=sink if client.startswith("kubectl")
+                                   else subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, env=env)
         time.sleep(3.0)  # tcpdump listening (the container exists: no injection)
         sender = handle.run_in_pod("default", "client", [sys.executable, "-c", SENDER, web_ip,
@@ -167,7 +194,7 @@ def one_capture(client: str, handle: Any, kubectl: str, container: str, web_ip: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rate-mbit", type=float, default=30.0)
+    ap.add_argument("--rate-mbit", type=float, default=20.0)
     ap.add_argument("--traffic-mbs", type=float, default=8.0, help="pod traffic, MB/s")
     ap.add_argument("--seconds", type=float, default=15.0, help="traffic per capture")
     ap.add_argument("--drain", type=float, default=10.0,
@@ -186,6 +213,10 @@ def main() -> int:
     from tests.realcluster.handle import RealClusterHandle
 
     kubectl = ensure_binaries()["kubectl"]
+    # The kubectl on PATH as a user has it (a second, independent peer), when there is one.
+    found = shutil.which("kubectl")
+    path_kubectl = os.path.realpath(found) if found else ""
+    clients = tuple(c for c in CLIENTS if c != "kubectl (PATH)" or path_kubectl)
     own_state = args.state is None
     state = args.state or Path(tempfile.mkdtemp(prefix="zsniff-slowlink-"))
     if own_state:
@@ -218,11 +249,18 @@ def main() -> int:
               f"capture container {container}; web pod CPU request "
               f"{args.cpu_request or 'none (BestEffort)'}; load {os.getloadavg()[0]:.1f}",
               flush=True)
+        print(f"kubectl: {kubectl} {kubectl_version(kubectl)}"
+              + (f"; kubectl (PATH): {path_kubectl} {kubectl_version(path_kubectl)}"
+                 if path_kubectl else "; no kubectl on PATH")
+              + f"; a container root's pipes now: {container_root_pipe_size()} bytes",
+              flush=True)
         for round_no in range(args.rounds):
-            order = CLIENTS[round_no % 3:] + CLIENTS[:round_no % 3]
+            turn = round_no % len(clients)
+            order = clients[turn:] + clients[:turn]
             for client in order:
                 out = work / f"{client.replace(' ', '').replace('-', '')}.pcap"
-                m = one_capture(client, handle, kubectl, container, web_ip, args, out, env)
+                m = one_capture(client, handle, kubectl, path_kubectl, container, web_ip, args,
+                                out, env)
                 m["round"] = round_no + 1
                 runs.append(m)
                 print(f"round {round_no + 1} {client:18s} sent {m['sent']:6d} delivered "
@@ -232,12 +270,12 @@ def main() -> int:
                       flush=True)
                 out.unlink(missing_ok=True)
         print("\nmedian over rounds (ratio against kubectl in the same round):")
-        for client in CLIENTS:
+        for client in clients:
             mine = [r for r in runs if r["client"] == client]
             ratios = []
             for r in mine:
                 base = next(k for k in runs
-                            if k["client"] == "kubectl" and k["round"] == r["round"])
+                            if k["client"] == BASE and k["round"] == r["round"])
                 ratios.append(r["delivered"] / max(1, base["delivered"]))
             share = [r["delivered"] / r["sent"] for r in mine]
             print(f"{client:18s} delivered {statistics.median(share):6.1%} of sent "

@@ -4,6 +4,7 @@ capture (tcpdump, gzip, dd, the wrapper) may be left running in the pod after a 
 
 from __future__ import annotations
 
+import glob
 import re
 import signal
 import time
@@ -28,7 +29,7 @@ from tests.e2e.test_capture import (
     _captured_alongside_reference,
 )
 
-COMPRESS_PROGRAMS = ("gzip", "dd")
+COMPRESS_PROGRAMS = ("gzip", "dd", "cat")
 
 
 def _compressor_processes(cluster: Any, namespace: str, pod: str) -> list[Any]:
@@ -38,10 +39,23 @@ def _compressor_processes(cluster: Any, namespace: str, pod: str) -> list[Any]:
                  or any("zsniff-no-compressor" in a for a in p.argv))]
 
 
+def _chunk_folders(cluster: Any, namespace: str, pod: str) -> list[str]:
+    """The compress wrapper's chunk folders (/tmp/.zsniff-gz.PID) in the capture container's
+    file system, seen through a process of it that outlives the capture (its lifetime loop)."""
+    found: list[str] = []
+    for p in cluster.processes(namespace, pod):
+        if p.container is not None and p.container.startswith("zsniff-"):
+            found += glob.glob(f"/proc/{p.pid}/root/tmp/.zsniff-gz.*")
+    return found
+
+
 def _assert_nothing_left(pair: PodPair) -> None:
     assert_no_capture_left(pair.cluster, pair.namespace, pair.web)
     wait_until(lambda: not _compressor_processes(pair.cluster, pair.namespace, pair.web), 15,
-               "gzip, dd and the compress wrapper to be gone from the pod")
+               "gzip, dd, cat and the compress wrapper to be gone from the pod")
+    # The chunks of the stream waited in the container's /tmp: the folder goes with the capture.
+    wait_until(lambda: not _chunk_folders(pair.cluster, pair.namespace, pair.web), 15,
+               "the compress wrapper's chunk folder to be removed")
 
 
 def test_compressed_capture_has_the_packets_tcpdump_saw_and_the_names(

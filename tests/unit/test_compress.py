@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kubectl_zsniff.capture.compress import (
+    FAILED_MARK,
     GzipStream,
     compressed_capture_command,
     missing_compressor,
@@ -121,7 +122,10 @@ def _run_wrapper(shell: list[str], tcpdump_args: list[str], env: dict[str, str] 
     out = proc.stdout.read()
     proc.stdin.close()
     err = proc.stderr.read().decode()
-    return proc.wait(timeout=30), out, err
+    code = proc.wait(timeout=30)
+    # The chunks waited in /tmp/.zsniff-gz.PID (PID: the wrapper's shell): gone with it.
+    assert not os.path.exists(f"/tmp/.zsniff-gz.{proc.pid}")
+    return code, out, err
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump")
@@ -137,7 +141,7 @@ def test_the_pod_wrapper_streams_exactly_tcpdumps_bytes(shell: list[str], tmp_pa
                            check=True).stdout
     got, decoder = _decode(out, [4096])
     assert got == plain
-    assert decoder.members > 1 and not decoder.truncated
+    assert decoder.members >= 1 and not decoder.truncated
     assert len(out) < len(plain)  # the text half compresses
 
 
@@ -170,6 +174,29 @@ def test_an_image_without_gzip_is_named_with_a_hint(tmp_path: Path) -> None:
     assert error.status == ExitStatus.CAPTURE_FAILED
     assert "no gzip" in error.message and "--compress" in error.hint
     assert missing_compressor(["tcpdump: syntax error"]) is None
+
+
+def test_a_pod_side_that_cannot_hold_the_chunks_is_named_with_a_hint() -> None:
+    error = missing_compressor([f"{FAILED_MARK} dd: can't open '/tmp/.zsniff-gz.7/c.3': "
+                                "No space left on device"])
+    assert error is not None and error.status == ExitStatus.CAPTURE_FAILED
+    assert "No space left" in error.message and "/tmp" in error.hint
+
+
+@pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump")
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_flood_is_gzipped_in_members_of_many_reads(shell: list[str], tmp_path: Path) -> None:
+    """tcpdump writing faster than one gzip per read: the compressor takes every chunk the
+    pump has finished as one member, so there are far fewer members than pipe reads (a pipe
+    read holds at most 64 KiB), and the bytes are still exactly tcpdump's."""
+    source = tmp_path / "in.pcap"
+    pcap = _pcap(20000)
+    source.write_bytes(pcap)
+    code, out, err = _run_wrapper(shell, ["-r", str(source), "-U", "-w", "-"])
+    assert code == 0, err
+    got, decoder = _decode(out, [65536])
+    assert got == pcap
+    assert decoder.members < len(pcap) // 65536, decoder.members
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump")
