@@ -166,6 +166,7 @@ def one_capture(client: str, handle: Any, kubectl: str, path_kubectl: str, conta
                 "--format", "pcap", "-w", str(out), "--force"]
         if client.endswith("--compress"):
             argv.append("--compress")
+    pipes = container_root_pipe_size()  # it moves with what else runs on the machine
     cpu0 = container_cpu(handle, "web", container)
     link0 = link_bytes(handle.record.holder_pid)
     started = time.monotonic()
@@ -189,7 +190,8 @@ def one_capture(client: str, handle: Any, kubectl: str, path_kubectl: str, conta
     return {"client": client, "sent": int(sent_out), "delivered": pcap_packets(out),
             "drops": drops_in(stderr), "link_mb": link / 1e6, "link_mbs": link / 1e6 / elapsed,
             "pcap_mb": out.stat().st_size / 1e6, "cpu": cpu, "seconds": elapsed,
-            "exit": capture.returncode, "stderr_tail": stderr.strip().splitlines()[-3:]}
+            "exit": capture.returncode, "pipes": pipes,
+            "stderr_tail": stderr.strip().splitlines()[-3:]}
 
 
 def main() -> int:
@@ -266,7 +268,8 @@ def main() -> int:
                 print(f"round {round_no + 1} {client:18s} sent {m['sent']:6d} delivered "
                       f"{m['delivered']:6d} ({m['delivered'] / m['sent']:6.1%}) kernel drops "
                       f"{m['drops']!s:>6} link {m['link_mb']:6.1f} MB {m['link_mbs']:5.2f} MB/s "
-                      f"pcap {m['pcap_mb']:6.1f} MB pod CPU {m['cpu']:5.2f} s exit {m['exit']}",
+                      f"pcap {m['pcap_mb']:6.1f} MB pod CPU {m['cpu']:5.2f} s pipes {m['pipes']} "
+                      f"exit {m['exit']}",
                       flush=True)
                 out.unlink(missing_ok=True)
         print("\nmedian over rounds (ratio against kubectl in the same round):")

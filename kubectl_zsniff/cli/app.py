@@ -255,12 +255,12 @@ def _kube_options(func: Any) -> Any:
 @click.option(
     "--compress",
     is_flag=True,
-    help="Experimental: gzip the stream in the pod (the image's gzip and dd), decompress here: "
-    "meant for a slow API server link and compressible traffic; under a flood on the real test "
-    "cluster it fell far behind (bench/RESULTS.md) (plain HTTP, JSON: ~5x; TLS or random payloads: "
-    "~1.04x, no gain). Costs the pod ~0.1 CPU s per MB of pcap (busybox gzip: ~25% of a core "
-    "at 2 MB/s, ~80% at 8 MB/s, which a BestEffort pod on a busy node may not get) and delays "
-    "each packet by 3-5 ms, at most ~55 ms.",
+    help="Gzip the stream in the pod (the image's busybox gzip and dd), decompress here: for an "
+    "API server link slower than the pod's traffic, when that traffic compresses (JSON, plain "
+    "HTTP: ~8x; TLS or random payloads: ~1.04x, no gain). The pod pays: ~0.07-0.09 CPU s per "
+    "MB of pcap under a flood, ~0.16 at 2 MB/s; where the node gives containers 8 KiB pipes "
+    "~0.25, and it then keeps only ~1.5 MB/s (no win over a 20 Mbit/s link). Packets are "
+    "delayed ~3-5 ms (bench/RESULTS.md).",
 )
 @click.option(
     "--count",

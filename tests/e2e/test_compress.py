@@ -123,6 +123,8 @@ def test_ctrl_c_with_compress_ends_on_a_whole_packet_and_leaves_nothing(
                        "packets in the file while the compressed capture runs")
             # The compressing wrapper runs in the pod (its script names the missing-tool mark).
             assert _compressor_processes(pair.cluster, pair.namespace, pair.web)
+            # ... and its chunk folder is where the check after the stop looks for it.
+            assert _chunk_folders(pair.cluster, pair.namespace, pair.web)
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
