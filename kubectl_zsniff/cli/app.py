@@ -257,10 +257,12 @@ def _kube_options(func: Any) -> Any:
     is_flag=True,
     help="Gzip the stream in the pod (the image's busybox gzip and dd), decompress here: for an "
     "API server link slower than the pod's traffic, when that traffic compresses (JSON, plain "
-    "HTTP: ~8x; TLS or random payloads: ~1.04x, no gain). The pod pays: ~0.07-0.09 CPU s per "
-    "MB of pcap under a flood, ~0.16 at 2 MB/s; where the node gives containers 8 KiB pipes "
-    "~0.25, and it then keeps only ~1.5 MB/s (no win over a 20 Mbit/s link). Packets are "
-    "delayed ~3-5 ms (bench/RESULTS.md).",
+    "HTTP: ~8x; TLS or random payloads: ~1.04x, no gain). The pod pays (its capture "
+    "container's CPU counts against the pod): ~0.05 CPU s per MB of pcap under a flood, ~0.11 "
+    "at 2 MB/s; where the node gives containers 8 KiB pipes ~0.25, and it then keeps only "
+    "~0.6-1.7 MB/s, less in a BestEffort pod on a busy node: then it loses to plain "
+    "capture over a 20 Mbit/s link (0.14x measured). Packets are delayed a few ms "
+    "(bench/RESULTS.md).",
 )
 @click.option(
     "--count",
