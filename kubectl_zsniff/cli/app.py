@@ -261,7 +261,8 @@ def _kube_options(func: Any) -> Any:
     "container's CPU counts against the pod): ~0.05 CPU s per MB of pcap under a flood, ~0.11 "
     "at 2 MB/s; where the node gives containers 8 KiB pipes ~0.25, and it then keeps only "
     "~0.6-1.7 MB/s, less in a BestEffort pod on a busy node: then it loses to plain "
-    "capture over a 20 Mbit/s link (0.14x measured). Packets are delayed a few ms "
+    "capture over a 20 Mbit/s link (0.14x measured), as it does without spare CPU in the "
+    "pod. Packets are delayed a few ms "
     "(bench/RESULTS.md).",
 )
 @click.option(
