@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from kubectl_zsniff.capture.compress import GzipStream  # noqa: E402
 from kubectl_zsniff.formats.pcap import encode_pcap_header  # noqa: E402
-from kubectl_zsniff.kube.container import CAPTURE_SCRIPT, capture_command  # noqa: E402
+from kubectl_zsniff.kube.scripts import CAPTURE_SCRIPT, capture_command  # noqa: E402
 
 NOBODY = 65534
 F_GETPIPE_SZ = 1032

@@ -129,7 +129,7 @@ def measure(argv: list[str], env: dict[str, str], server_pid: int,
 def client_main(args: argparse.Namespace) -> int:
     from kubectl_zsniff.capture.run import OutputPipeline
     from kubectl_zsniff.kube.client import load_client
-    from kubectl_zsniff.kube.container import PodInfo
+    from kubectl_zsniff.kube.pod import PodInfo
     from kubectl_zsniff.options import CaptureLimits, KubeOptions, TcpdumpOptions
     from kubectl_zsniff.sinks.file import FileSink
     from kubectl_zsniff.wire.execws import ExecSession

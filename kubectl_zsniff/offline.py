@@ -137,7 +137,7 @@ def names_from_capture(path: Path) -> NameBook:
     So a log line is named as the capture named its packets at that time, reused addresses
     included. Names written before the first packet hold from the start.
     """
-    book = NameBook()
+    book = NameBook(history=None)  # the file's times, and the whole of them: keep every name
     pending: list[tuple[str, str]] = []
     seen_packet = False
     last_ts = 0.0

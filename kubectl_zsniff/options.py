@@ -49,7 +49,8 @@ class TargetOptions:
     all_namespaces: bool = False
     max_pods: int = 20
     skip_uncapturable: bool = False  # capture the pods that can be, say which were skipped
-    capture_namespace: str | None = None  # node/NAME: where its capture pod is made
+    capture_namespace: str | None = None  # node/NAME, --via-node: where capture pods are made
+    via_node: bool = False  # from a capture pod on each pod's node, the pods left unchanged
 
 
 @dataclass(frozen=True)

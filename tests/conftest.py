@@ -108,14 +108,20 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     try:
         yield handle
     finally:
+        down_started = time.time()
         problems = real.down(state)
         assert not problems, problems
+
+        def left_of_the_node() -> set[int]:
+            return {p for p in node.node_pids(handle.record, handle.prefix)
+                    if node.started_before(p, down_started)}
+
         # A process SIGKILLed by down() is gone only once it is reaped: give that a moment
         # (a check at once saw one that had exited by the time anyone looked).
         deadline = time.monotonic() + 5
-        while node.node_pids(handle.record, handle.prefix) and time.monotonic() < deadline:
+        while left_of_the_node() and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = node.node_pids(handle.record, handle.prefix)
+        left = left_of_the_node()
         assert not left, f"node processes left behind: {_describe(left)}"
         assert not list(node._cgroup_dirs(handle.prefix)), "cgroups left behind"
         assert not state.exists(), f"{state} left behind"

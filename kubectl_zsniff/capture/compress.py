@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.container import CAPTURE_SCRIPT
+from kubectl_zsniff.kube.scripts import CAPTURE_SCRIPT, VIA_NODE_CAPTURE_SCRIPT
 
 MISSING_MARK = "zsniff-no-compressor"
 FAILED_MARK = "zsniff-compress-failed"
@@ -73,7 +73,13 @@ COMPRESS_SCRIPT = (
 )
 
 
-def compressed_capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
+def compressed_capture_command(container_name: str, tcpdump_args: list[str],
+                               enter_pod_uid: str | None = None) -> list[str]:
+    """capture_command's script (with `enter_pod_uid`: --via-node's) run inside the compress
+    wrapper, with the same arguments."""
+    if enter_pod_uid:
+        return ["sh", "-c", COMPRESS_SCRIPT, "zsniff", VIA_NODE_CAPTURE_SCRIPT, container_name,
+                enter_pod_uid, *tcpdump_args]
     return ["sh", "-c", COMPRESS_SCRIPT, "zsniff", CAPTURE_SCRIPT, container_name,
             *tcpdump_args]
 

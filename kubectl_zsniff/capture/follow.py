@@ -14,14 +14,15 @@ from kubectl_zsniff.capture.run import CaptureRun, Reporter
 from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient
 from kubectl_zsniff.kube.container import (
-    check_capturable,
-    describe_pod,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
 )
 from kubectl_zsniff.kube.follow import PodFollower, pod_key
+from kubectl_zsniff.kube.nodecapture import CONTAINER as CAPTURE_POD_CONTAINER
+from kubectl_zsniff.kube.pod import check_capturable, describe_pod
 from kubectl_zsniff.kube.targets import PodSource
+from kubectl_zsniff.kube.vianode import ViaNodePods
 from kubectl_zsniff.options import CaptureOptions
 from kubectl_zsniff.pipeline.output import OutputPipeline
 
@@ -36,8 +37,9 @@ class Following:
 
     def __init__(self, kube: KubeClient, run: CaptureRun, pipeline: OutputPipeline,
                  opts: CaptureOptions, levels: dict[str, str | None], reporter: Reporter,
-                 sources: list[PodSource]) -> None:
+                 sources: list[PodSource], via: ViaNodePods | None = None) -> None:
         self.kube = kube
+        self.via = via
         self.run = run
         self.pipeline = pipeline
         self.opts = opts
@@ -85,18 +87,13 @@ class Following:
                 return
             info = describe_pod(pod)
             container = check_capturable(info, self.opts.target.container)
-            if namespace not in self.levels:
-                self.levels[namespace] = namespace_psa_level(self.kube, namespace)
-            level = self.levels[namespace]
-            refusal = preflight_refusal(pod, level, self.opts.inject)
-            if refusal is not None:
-                raise refusal
-            made = ensure_capture_container(
-                self.kube, pod, container, self.opts.inject,
-                lambda message: self.reporter.progress(f"{who}: {message}"), level)
+            if self.via is not None:
+                info, container = self.via.place(pod), CAPTURE_POD_CONTAINER
+            else:
+                container = self._inject(pod, who, container)
             if self.run.stopping or self.run.loop is None:
                 return
-            lane = self.pipeline.add_lane(info, made.name)
+            lane = self.pipeline.add_lane(info, container)
             joined = asyncio.run_coroutine_threadsafe(self.run.join(lane), self.run.loop)
             if joined.result(timeout=JOIN_TIMEOUT):
                 self.reporter.progress(f"{who} joins the capture ({source.label})")
@@ -107,3 +104,16 @@ class Following:
                                    f"{type(exc).__name__}: {exc}")
         finally:
             self.run.joining(-1)
+
+    def _inject(self, pod: JSON, who: str, container: str) -> str:
+        """A capture container in the joining pod, as for the first pods; its name."""
+        namespace = pod_key(pod)[0]
+        if namespace not in self.levels:
+            self.levels[namespace] = namespace_psa_level(self.kube, namespace)
+        level = self.levels[namespace]
+        refusal = preflight_refusal(pod, level, self.opts.inject)
+        if refusal is not None:
+            raise refusal
+        return ensure_capture_container(
+            self.kube, pod, container, self.opts.inject,
+            lambda message: self.reporter.progress(f"{who}: {message}"), level).name

@@ -29,7 +29,8 @@ from kubectl_zsniff.capture.compress import (
 from kubectl_zsniff.capture.reconnect import Reconnector
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.pcap import encode_pcap_header
-from kubectl_zsniff.kube.container import PodInfo, capture_command
+from kubectl_zsniff.kube.pod import PodInfo
+from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT, capture_command
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
 from kubectl_zsniff.wire.endpoint import ApiEndpoint
@@ -156,6 +157,10 @@ def tcpdump_failure(
     """Turn what tcpdump said into one clear error (`pod`, `container`: where it ran)."""
     text = " ".join(report.errors) or f"exit code {exit_code}"
     lowered = text.lower()
+    if pod is not None and pod.via is not None:
+        via_failure = _via_node_failure(text, exit_code, pod)
+        if via_failure is not None:
+            return via_failure
     if (
         "syntax error" in lowered
         or "filter" in lowered
@@ -198,6 +203,25 @@ def tcpdump_failure(
         "that is tcpdump's own message; check -i, -s and the filter, or try --debug",
         ExitStatus.CAPTURE_FAILED,
     )
+
+
+def _via_node_failure(text: str, exit_code: int | None, pod: PodInfo) -> ZsniffError | None:
+    """What only a --via-node capture can meet: the pod's processes not on its node, or the
+    capture pod not allowed into the pod's network namespace."""
+    who = f"{pod.namespace}/{pod.name}"
+    if exit_code == NO_POD_PROCESS_EXIT and "zsniff: no process of pod" in text:
+        return ZsniffError(
+            f"no process of pod {who} runs on node {pod.node or '?'}: it was deleted or "
+            "restarted elsewhere",
+            f"check it: kubectl get pod -n {pod.namespace} {pod.name} -o wide",
+            ExitStatus.POD_NOT_RUNNING)
+    if "nsenter" in text.lower():
+        return ZsniffError(
+            f"the capture pod could not enter the network namespace of {who}: {text}",
+            "it needs hostPID with SYS_ADMIN and SYS_PTRACE, which a node's AppArmor or "
+            "seccomp may still refuse: try --via-node --privileged",
+            ExitStatus.CAPTURE_FAILED)
+    return None
 
 
 def _strip_prefix(text: str) -> str:
@@ -332,12 +356,20 @@ class PodStream:
     def _session(self, packet_count: int | None) -> ExecSession:
         # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
         argv = self.tcpdump.argv(packet_count)
+        enter = self.pod.uid if self.pod.via is not None else None
         command = (compressed_capture_command if self.tcpdump.compress else capture_command)(
-            self.container, argv)
+            self.container, argv, enter)
         return ExecSession(
-            self.endpoint, self.pod.namespace, self.pod.name, self.container, command,
-            stdin=True,
+            self.endpoint, *self._exec_place(), command, stdin=True,
         )
+
+    def _exec_place(self) -> tuple[str, str, str]:
+        """Namespace, pod and container where tcpdump runs: the pod's own capture container,
+        or (--via-node) the capture pod on its node."""
+        via = self.pod.via
+        if via is not None:
+            return via.namespace, via.pod, via.container
+        return self.pod.namespace, self.pod.name, self.container
 
     def new_session(self) -> None:
         """A fresh exec of tcpdump for a reconnect (what is left of a packet limit)."""
@@ -541,7 +573,7 @@ class PodStream:
     async def _in_container(self, script: str, *args: str) -> int:
         # The shell's builtin kill: images need not ship a kill binary.
         code, _, _ = await exec_capture_output(
-            self.endpoint, self.pod.namespace, self.pod.name, self.container,
+            self.endpoint, *self._exec_place(),
             ["sh", "-c", script, "zsniff", *args], timeout=15,
         )
         return code

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -22,8 +23,6 @@ from kubectl_zsniff.capture.run import (
 from kubectl_zsniff.errors import ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient, field, load_client
 from kubectl_zsniff.kube.container import (
-    PodInfo,
-    describe_pod,
     ensure_capture_container,
     namespace_psa_level,
     preflight_refusal,
@@ -31,11 +30,15 @@ from kubectl_zsniff.kube.container import (
 from kubectl_zsniff.kube.namewatch import NameWatcher
 from kubectl_zsniff.kube.nodecapture import CONTAINER as NODE_CONTAINER
 from kubectl_zsniff.kube.nodecapture import (
+    NodeAccess,
     create_node_pod,
     delete_node_pod,
     psa_refusal,
     read_node,
+    refuse_missing_rights,
+    tolerations_for,
 )
+from kubectl_zsniff.kube.pod import PodInfo, describe_pod
 from kubectl_zsniff.kube.targets import (
     NODE,
     Resolution,
@@ -44,6 +47,7 @@ from kubectl_zsniff.kube.targets import (
     parse_targets,
     resolve_targets,
 )
+from kubectl_zsniff.kube.vianode import ViaNodePods
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
@@ -153,6 +157,119 @@ def output_notes(opts: CaptureOptions) -> list[str]:
 
 def run_capture(opts: CaptureOptions, reporter: Reporter,
                 stdout: BinaryIO | None = None) -> CaptureSummary:
+    _refuse_used_outputs(opts)
+    for note in output_notes(opts):
+        reporter.progress(note)
+    check_tools(opts)
+    check_filter_locally(opts.tcpdump)
+    kube = load_client(opts.kube)
+    plan = _plan(kube, opts, reporter)
+    _say_zeek_dedup(opts, len(plan.targets) > 1, reporter)
+    book, watcher = _load_names(kube, opts, reporter)
+
+    sinks: list[Sink] = []
+    file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
+    wrote_anything = False
+    capture_pods = _CapturePods(kube, plan.capture_namespace, opts, reporter.progress)
+    try:
+        title = (f"node/{plan.node_name}" if plan.node_name
+                 else _title([t.info for t in plan.targets], opts.target.selector))
+        sinks = open_sinks(opts, title, book, stdout, kube.context_name)
+        file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
+        infos, containers = _lanes(kube, plan, capture_pods, opts, reporter)
+        if watcher is not None:
+            # Only now: the watches resume from the listed resourceVersion, so nothing is
+            # missed, and a failure before this point exits with no watch thread mid-request
+            # (a daemon thread inside OpenSSL at interpreter exit aborts the process).
+            watcher.start()
+        pipeline = OutputPipeline(
+            sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
+        )
+        summary = _stream(kube, pipeline, plan, capture_pods.via, opts, reporter)
+        if watcher is not None and watcher.errors:
+            summary.notes.append(_watch_note(watcher.error_count, watcher.errors[-1]))
+        wrote_anything = pipeline.output_bytes > 0
+        # Every sink opened, also those the pipeline dropped (a reader gone, a stall): each
+        # must be closed, Zeek above all, which then finishes and has its logs named.
+        summary.sink_results = _close_sinks(sinks, summary)
+        sinks = []
+        for err in capture_pods.delete():
+            summary.notes.append(err.message)
+            if summary.error is None:
+                summary.error = err
+                summary.exit_status = err.status
+        return summary
+    finally:
+        # A failure or Ctrl-C before the capture's end: the capture pods go all the same. A
+        # failing deletion is said, and the error on its way out stays the one reported.
+        for err in capture_pods.delete():
+            reporter.progress(f"{err.message}; {err.hint}")
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+        if watcher is not None:
+            watcher.stop()
+        if not wrote_anything and file_sink is not None:
+            # Nothing captured because we failed before the stream: leave no empty file.
+            file_sink.discard_if_empty()
+
+
+def _load_names(kube: KubeClient, opts: CaptureOptions,
+                reporter: Reporter) -> tuple[NameBook | None, NameWatcher | None]:
+    """The cluster's names as listed now; the watcher that keeps them current, not started."""
+    if not opts.names:
+        return None, None
+    book = NameBook()
+    watcher = NameWatcher(book, kube, kube.namespace)
+    missing = watcher.load()
+    if missing:
+        reporter.progress("names limited: not allowed to list " + ", ".join(missing))
+    return book, watcher
+
+
+def _lanes(kube: KubeClient, plan: _Plan, capture_pods: _CapturePods, opts: CaptureOptions,
+           reporter: Reporter) -> tuple[list[PodInfo], list[str]]:
+    """What each lane captures and the container tcpdump runs in, made ready to capture."""
+    if plan.node is not None:
+        return [capture_pods.on_node(plan.node)], [NODE_CONTAINER]
+    many = len(plan.targets) > 1
+    if capture_pods.via is not None:
+        infos = _place_via_node(capture_pods.via, plan.targets, many)
+        return infos, [NODE_CONTAINER] * len(infos)
+    containers = _ensure_containers(kube, plan.targets, opts, reporter, many, plan.levels)
+    return [t.info for t in plan.targets], containers
+
+
+def _stream(kube: KubeClient, pipeline: OutputPipeline, plan: _Plan, via: ViaNodePods | None,
+            opts: CaptureOptions, reporter: Reporter) -> CaptureSummary:
+    """Capture until the end (a limit, a signal, the last pod gone), following workloads."""
+    sources = plan.resolution.sources
+    if (len(pipeline.lanes) > 1 or sources) and opts.output.reorder_window > 0:
+        pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
+    if (len(pipeline.lanes) > 1 or sources) and opts.output.dedup:
+        pipeline.deduplicate()
+    run = CaptureRun(kube.endpoint(), pipeline, opts.tcpdump, opts.limits, reporter,
+                     opts.reconnect_for)
+    following: Following | None = None
+    if sources:
+        from kubectl_zsniff.capture.follow import Following
+
+        following = Following(kube, run, pipeline, opts, plan.levels, reporter, sources, via)
+    reporter.progress(
+        f"capturing {', '.join(lane.pod.title for lane in pipeline.lanes)} "
+        f"on {opts.tcpdump.interface}"
+        + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
+        + (f" from capture pods in {plan.capture_namespace}" if via is not None else "")
+    )
+    try:
+        return asyncio.run(run.run())
+    finally:
+        if following is not None:
+            following.stop()
+
+
+def _refuse_used_outputs(opts: CaptureOptions) -> None:
+    """Refuse, before anything is asked of the cluster, outputs that would overwrite."""
     if opts.output.rotation.active and opts.output.path is not None:
         from kubectl_zsniff.sinks.rotate import refuse_rotated_overwrite
 
@@ -163,35 +280,54 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
         from kubectl_zsniff.sinks.zeek import refuse_used_directory
 
         refuse_used_directory(opts.output.zeek_dir)
-    for note in output_notes(opts):
-        reporter.progress(note)
-    check_tools(opts)
-    check_filter_locally(opts.tcpdump)
-    kube = load_client(opts.kube)
-    namespace = kube.namespace
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is captured, with every check that can refuse it done before anything is made."""
+
+    resolution: Resolution
+    targets: list[Target]
+    levels: dict[str, str | None]  # PodSecurity level per target namespace
+    capture_namespace: str  # where node and --via-node capture pods are made
+    node: JSON | None = None  # node/NAME, as read
+
+    @property
+    def node_name(self) -> str | None:
+        return None if self.node is None else str(field(self.node, "metadata", "name"))
+
+
+def _plan(kube: KubeClient, opts: CaptureOptions, reporter: Reporter) -> _Plan:
     target = opts.target
+    capture_ns = target.capture_namespace or kube.namespace
     node_name = next((r.name for r in parse_targets(target.pods) if r.kind is NODE), None)
-    node: JSON | None = None
-    capture_ns = target.capture_namespace or namespace
-    if node_name is None:
-        resolution = resolve_targets(
-            kube, namespace, target.pods, target.container, target.selector,
-            target.all_namespaces, target.max_pods, reporter.progress,
-        )
-        targets = resolution.targets
-        for note in filter(None, map(host_network_note, targets)):
-            reporter.progress(note)
-        levels = _psa_levels(kube, targets)
-        targets = _preflight(targets, levels, opts, reporter)
-    else:
-        # Everything that can refuse a node capture, before its pod is made.
+    if node_name is not None:
         node = read_node(kube, node_name)
-        refusal = psa_refusal(capture_ns, namespace_psa_level(kube, capture_ns))
-        if refusal is not None:
-            raise refusal
-        resolution, targets, levels = Resolution([], []), [], {}
-    infos = [t.info for t in targets]
-    many = len(targets) > 1
+        _refuse_capture_namespace(kube, capture_ns, NodeAccess.NETWORK)
+        return _Plan(Resolution([], []), [], {}, capture_ns, node)
+    resolution = resolve_targets(
+        kube, kube.namespace, target.pods, target.container, target.selector,
+        target.all_namespaces, target.max_pods, reporter.progress,
+    )
+    targets = resolution.targets
+    for note in filter(None, map(host_network_note, targets)):
+        reporter.progress(note)
+    if target.via_node:
+        # The pods are not changed, so their own namespaces' PodSecurity does not matter.
+        _refuse_capture_namespace(kube, capture_ns, NodeAccess.PODS)
+        return _Plan(resolution, targets, {}, capture_ns)
+    levels = _psa_levels(kube, targets)
+    return _Plan(resolution, _preflight(targets, levels, opts, reporter), levels, capture_ns)
+
+
+def _refuse_capture_namespace(kube: KubeClient, namespace: str, access: NodeAccess) -> None:
+    refusal = psa_refusal(namespace, namespace_psa_level(kube, namespace), access)
+    if refusal is not None:
+        raise refusal
+    refuse_missing_rights(kube, namespace, access)
+
+
+def _say_zeek_dedup(opts: CaptureOptions, many: bool, reporter: Reporter) -> None:
     if many and opts.output.zeek and not opts.output.dedup:
         # Each captured pod's stream carries the packets it sent and received: those between
         # two captured pods come twice unless the pipeline's dedup drops the copies.
@@ -205,100 +341,59 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
             f"{'standard output' if opts.output.to_stdout else opts.output.path} alike "
             "(--no-dedup keeps both copies, and Zeek then counts them twice)")
 
-    book: NameBook | None = None
-    watcher: NameWatcher | None = None
-    if opts.names:
-        book = NameBook()
-        watcher = NameWatcher(book, kube, namespace)
-        missing = watcher.load()
-        if missing:
-            reporter.progress("names limited: not allowed to list " + ", ".join(missing))
 
-    sinks: list[Sink] = []
-    file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
-    following: Following | None = None
-    wrote_anything = False
-    node_pod: str | None = None
-    try:
-        title = f"node/{node_name}" if node_name else _title(infos, target.selector)
-        sinks = open_sinks(opts, title, book, stdout, kube.context_name)
-        file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
-        if node is not None:
-            made = create_node_pod(kube, capture_ns, node, opts.inject, reporter.progress)
-            node_pod = str(field(made, "metadata", "name"))
-            # Named after the node, not its capture pod: the node's traffic is what it holds.
-            infos = [replace(describe_pod(made), label=f"node/{node_name}")]
-            containers = [NODE_CONTAINER]
-        else:
-            containers = _ensure_containers(kube, targets, opts, reporter, many, levels)
-        if watcher is not None:
-            # Only now: the watches resume from the listed resourceVersion, so nothing is
-            # missed, and a failure before this point exits with no watch thread mid-request
-            # (a daemon thread inside OpenSSL at interpreter exit aborts the process).
-            watcher.start()
-        endpoint = kube.endpoint()
-        pipeline = OutputPipeline(
-            sinks, infos, containers, kube.context_name, opts.tcpdump, opts.limits, book
-        )
-        if (many or resolution.sources) and opts.output.reorder_window > 0:
-            pipeline.merge_in_time_order(int(opts.output.reorder_window * 1e9))
-        if (many or resolution.sources) and opts.output.dedup:
-            pipeline.deduplicate()
-        run = CaptureRun(endpoint, pipeline, opts.tcpdump, opts.limits, reporter,
-                         opts.reconnect_for)
-        if resolution.sources:
-            from kubectl_zsniff.capture.follow import Following
+class _CapturePods:
+    """The pods this capture makes on nodes (node/NAME's, or --via-node's), to delete at the
+    end whatever happens."""
 
-            following = Following(kube, run, pipeline, opts, levels, reporter,
-                                  resolution.sources)
-        reporter.progress(
-            f"capturing {', '.join(i.title for i in infos)} "
-            f"on {opts.tcpdump.interface}"
-            + (f" ({opts.tcpdump.bpf_filter})" if opts.tcpdump.bpf_filter else "")
-        )
+    def __init__(self, kube: KubeClient, namespace: str, opts: CaptureOptions,
+                 progress: Callable[[str], None]) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.opts = opts
+        self.progress = progress
+        self.node_pod: str | None = None
+        self.via = (ViaNodePods(kube, namespace, opts.inject, progress)
+                    if opts.target.via_node else None)
+
+    def on_node(self, node: JSON) -> PodInfo:
+        name = str(field(node, "metadata", "name"))
+        made = create_node_pod(self.kube, self.namespace, name,
+                               tolerations_for(field(node, "spec", "taints") or []),
+                               self.opts.inject, self.progress)
+        self.node_pod = str(field(made, "metadata", "name"))
+        # Named after the node, not its capture pod: the node's traffic is what it holds.
+        return replace(describe_pod(made), label=f"node/{name}")
+
+    def delete(self) -> list[ZsniffError]:
+        """Delete what is left to delete (again: nothing), each verified gone."""
+        failures = self.via.delete_all() if self.via is not None else []
+        if self.node_pod is not None:
+            name, self.node_pod = self.node_pod, None
+            try:
+                delete_node_pod(self.kube, self.namespace, name, self.progress)
+            except ZsniffError as err:
+                failures.append(err)
+        return failures
+
+
+def _place_via_node(via: ViaNodePods, targets: list[Target], many: bool) -> list[PodInfo]:
+    """Each target as captured from its node's capture pod (made on first need)."""
+    placed = []
+    for t in targets:
         try:
-            summary = asyncio.run(run.run())
-        finally:
-            if following is not None:
-                following.stop()
-        if watcher is not None and watcher.errors:
-            summary.notes.append(_watch_note(watcher.errors))
-        wrote_anything = pipeline.output_bytes > 0
-        # Every sink opened, also those the pipeline dropped (a reader gone, a stall): each
-        # must be closed, Zeek above all, which then finishes and has its logs named.
-        summary.sink_results = _close_sinks(sinks, summary)
-        sinks = []
-        if node_pod is not None:
-            pod_name, node_pod = node_pod, None
-            try:
-                delete_node_pod(kube, capture_ns, pod_name, reporter.progress)
-            except ZsniffError as err:
-                summary.notes.append(err.message)
-                if summary.error is None:
-                    summary.error = err
-                    summary.exit_status = err.status
-        return summary
-    finally:
-        if node_pod is not None:
-            # A failure or Ctrl-C before the capture's end: the pod goes all the same. A
-            # failing deletion is said, and the error on its way out stays the one reported.
-            try:
-                delete_node_pod(kube, capture_ns, node_pod, reporter.progress)
-            except ZsniffError as err:
-                reporter.progress(f"{err.message}; {err.hint}")
-        for sink in sinks:
-            with contextlib.suppress(Exception):
-                sink.close()
-        if watcher is not None:
-            watcher.stop()
-        if not wrote_anything and file_sink is not None:
-            # Nothing captured because we failed before the stream: leave no empty file.
-            file_sink.discard_if_empty()
+            placed.append(via.place(t.pod))
+        except ZsniffError as err:
+            if not many:
+                raise
+            raise ZsniffError(f"{t.info.namespace}/{t.info.name}: {err.message}", err.hint,
+                              err.status) from err
+    return placed
 
 
-def _watch_note(errors: list[str]) -> str:
-    times = f"{len(errors)} times" if len(errors) > 1 else "once"
-    return (f"the watch of the cluster's names failed {times} (last: {errors[-1]}) and was "
+def _watch_note(count: int, last: str) -> str:
+    times = f"{count:,} times" if count > 1 else "once"
+    return (f"the watch of the cluster's names failed {times} (last: {last}) and was "
             "listed again each time; a name that changed in a gap was applied late")
 
 

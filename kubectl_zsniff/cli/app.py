@@ -356,10 +356,18 @@ def _kube_options(func: Any) -> Any:
     help="Image of the capture container (needs sh and tcpdump).",
 )
 @click.option(
+    "--via-node",
+    is_flag=True,
+    help="Capture the pods from a capture pod on their node, inside each pod's network "
+    "namespace, leaving the pods unchanged: for pods that may not capture themselves "
+    "(PodSecurity restricted). The capture pod (hostPID, SYS_ADMIN, SYS_PTRACE, NET_RAW, "
+    "NET_ADMIN) is made in --capture-namespace and deleted afterwards.",
+)
+@click.option(
     "--capture-namespace",
     default=None,
-    help="node/NAME: where the capture pod is made (default: the context's namespace); it "
-    "must allow hostNetwork and NET_RAW (PodSecurity privileged).",
+    help="node/NAME and --via-node: where the capture pod is made (default: the context's "
+    "namespace); it must allow host namespaces and capabilities (PodSecurity privileged).",
 )
 @click.option(
     "--privileged", is_flag=True, help="Run the capture container privileged (only if you must)."
@@ -485,6 +493,50 @@ def _is_node_word(word: str) -> bool:
 
 
 def build_capture_options(**kw: Any) -> CaptureOptions:
+    """The click parameters as one frozen CaptureOptions, every contradiction a usage error."""
+    _refuse_bad_limits(kw)
+    rotation = RotationOptions(kw["rotate_size"], kw["rotate_every"], kw["ring"])
+    if kw["ring"] is not None and not rotation.active:
+        raise click.UsageError("-W/--ring keeps the last N files of a rotation: add -C SIZE "
+                               "or -G DURATION")
+    pods, filter_text, node_capture = _targets_and_filter(kw)
+    interface = kw["interface"] or ("any" if node_capture else "eth0")
+    path = _output_path(kw, pods)
+    zeek_dir = Path(kw["zeek_dir"]) if kw["zeek_dir"] else None
+    zeek_json = kw["zeek_json"]
+    if (kw["zeek_logs"] or kw["zeek_only"]) and not (zeek_dir or zeek_json):
+        raise click.UsageError("--zeek-logs and --zeek-only choose Zeek's rows: add --zeek DIR "
+                               "or --zeek-json FILE|-")
+    zeek_selection = _selection(kw["zeek_logs"], kw["zeek_only"], "--zeek-logs", "--zeek-only")
+    fmt = _output_format(kw, path, rotation)
+    return CaptureOptions(
+        kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
+        target=TargetOptions(
+            tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"],
+            kw["skip_uncapturable"], kw["capture_namespace"], kw["via_node"],
+        ),
+        inject=InjectOptions(
+            kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
+        ),
+        tcpdump=TcpdumpOptions(
+            interface, kw["snaplen"], filter_text, not kw["no_promiscuous"],
+            kw["buffer_kib"], kw["compress"],
+        ),
+        limits=CaptureLimits(kw["packet_count"], kw["duration"], kw["max_size"]),
+        output=OutputOptions(
+            path, fmt, kw["wireshark"], kw["wireshark_path"], zeek_dir,
+            tuple(kw["zeek_script"]), kw["view"], kw["force"], zeek_json, zeek_selection,
+            reorder_window=kw["reorder_window"],
+            # Zeek must see each packet once; a capture file keeps both ends unless asked.
+            dedup=kw["dedup"] if kw["dedup"] is not None else bool(zeek_dir or zeek_json),
+            rotation=rotation,
+        ),
+        names=not kw["no_names"],
+        reconnect_for=kw["reconnect_for"],
+    )
+
+
+def _refuse_bad_limits(kw: dict[str, Any]) -> None:
     # Zero is no limit for none of them (--count 0 is refused by its type): leave a limit out
     # for no limit, rather than `-d 0` capturing forever and `--max-size 0` writing nothing.
     if kw["duration"] is not None and kw["duration"] <= 0:
@@ -501,10 +553,10 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
     if kw["reconnect_for"] < 0:
         raise click.BadParameter("must be 0 (no reconnect) or more",
                                  param_hint="'--reconnect-for'")
-    rotation = RotationOptions(kw["rotate_size"], kw["rotate_every"], kw["ring"])
-    if kw["ring"] is not None and not rotation.active:
-        raise click.UsageError("-W/--ring keeps the last N files of a rotation: add -C SIZE "
-                               "or -G DURATION")
+
+
+def _targets_and_filter(kw: dict[str, Any]) -> tuple[list[str], str, bool]:
+    """The targets as zsniff names them, the BPF filter, and whether a node is captured."""
     pods, filter_words = split_targets(list(kw["words"]), kw["selector"])
     if kw["all_namespaces"] and not kw["selector"]:
         raise click.UsageError("-A/--all-namespaces goes with -l/--selector")
@@ -513,84 +565,59 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         raise click.UsageError(
             "node/NAME is captured alone: it already holds every pod on that node (run "
             "one zsniff per node, or name pods without the node)")
-    if kw["capture_namespace"] and not nodes:
+    if kw["via_node"] and nodes:
+        raise click.UsageError("--via-node captures pods from their node; node/NAME already "
+                               "captures the whole node: use one or the other")
+    if kw["capture_namespace"] and not (nodes or kw["via_node"]):
         raise click.UsageError("--capture-namespace is where a node capture pod is made: it "
-                               "goes with node/NAME")
-    interface = kw["interface"] or ("any" if nodes else "eth0")
-    pod = pods[0].replace("/", "_") if pods else (kw["selector"] or "pods")
+                               "goes with node/NAME or --via-node")
     filter_text = kw["bpf_filter"]
     if filter_words:
         if filter_text:
             raise click.UsageError("give the filter with -f or as trailing words, not both")
         filter_text = " ".join(filter_words)
+    return pods, filter_text, bool(nodes)
+
+
+def _output_path(kw: dict[str, Any], pods: list[str]) -> Path | None:
+    """-w FILE; with nothing asked, standard output for a pipe, a file named after the pod for
+    a terminal."""
     write = kw["write_path"] or kw["write_path_alias"]
-    path = Path(write) if write else None
-    zeek_dir = Path(kw["zeek_dir"]) if kw["zeek_dir"] else None
-    zeek_json = kw["zeek_json"]
-    if (kw["zeek_logs"] or kw["zeek_only"]) and not (zeek_dir or zeek_json):
-        raise click.UsageError("--zeek-logs and --zeek-only choose Zeek's rows: add --zeek DIR "
-                               "or --zeek-json FILE|-")
-    zeek_selection = _selection(kw["zeek_logs"], kw["zeek_only"], "--zeek-logs", "--zeek-only")
-    if path is None and not (kw["wireshark"] or zeek_dir or zeek_json or kw["view"]):
-        # Nothing asked: a pipe gets the stream, a terminal gets a file named after the pod.
-        if sys.stdout is None or not sys.stdout.isatty():
-            path = Path("-")
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pod)
-            path = Path(f"{safe}-{stamp}.pcapng")
+    if write:
+        return Path(write)
+    if kw["wireshark"] or kw["zeek_dir"] or kw["zeek_json"] or kw["view"]:
+        return None
+    if sys.stdout is None or not sys.stdout.isatty():
+        return Path("-")
+    pod = pods[0].replace("/", "_") if pods else (kw["selector"] or "pods")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', pod)}-{stamp}.pcapng")
+
+
+def _output_format(kw: dict[str, Any], path: Path | None,
+                   rotation: RotationOptions) -> OutputFormat:
+    """The -w file's format, once every output combination that cannot work is refused."""
     from kubectl_zsniff.capture.session import output_format_for
 
+    to_stdout = path is not None and str(path) == "-"
     if kw["fmt"] and path is None:
         raise click.UsageError(
             "--format sets the format of the -w file; Wireshark, Zeek and --view read the "
             "stream as it is (pcapng, with the names): add -w FILE, or leave --format out")
-    if kw["force"] and (path is None or str(path) == "-"):
+    if kw["force"] and (path is None or to_stdout):
         raise click.UsageError("--force overwrites an existing -w FILE: it needs -w FILE")
     fmt = output_format_for(path, OutputFormat(kw["fmt"]) if kw["fmt"] else None)
-    if zeek_json == "-" and path is not None and str(path) == "-":
+    if kw["zeek_json"] == "-" and to_stdout:
         raise click.UsageError("standard output can carry the capture (-w -) or Zeek's JSON "
                                "(--zeek-json -), not both: send one to a file")
-    if rotation.active and (path is None or str(path) == "-"):
+    if rotation.active and (path is None or to_stdout):
         raise click.UsageError("-C/-G write a series of files: they need -w FILE")
     if rotation.active and fmt != OutputFormat.PCAPNG:
         raise click.UsageError("-C/-G write pcapng files (each with its own header and "
                                "names): leave out --format pcap, or name the file .pcapng")
-    if kw["view"] and path is not None and str(path) == "-":
+    if kw["view"] and to_stdout:
         raise click.UsageError("--view shows packets on the terminal: it cannot go with -w -")
-    return CaptureOptions(
-        kube=KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"]),
-        target=TargetOptions(
-            tuple(pods), kw["container"], kw["selector"], kw["all_namespaces"], kw["max_pods"],
-            kw["skip_uncapturable"], kw["capture_namespace"],
-        ),
-        inject=InjectOptions(
-            kw["image"], kw["privileged"], kw["start_timeout"], int(kw["idle_lifetime"])
-        ),
-        tcpdump=TcpdumpOptions(
-            interface, kw["snaplen"], filter_text, not kw["no_promiscuous"],
-            kw["buffer_kib"], kw["compress"],
-        ),
-        limits=CaptureLimits(kw["packet_count"], kw["duration"], kw["max_size"]),
-        output=OutputOptions(
-            path,
-            fmt,
-            kw["wireshark"],
-            kw["wireshark_path"],
-            zeek_dir,
-            tuple(kw["zeek_script"]),
-            kw["view"],
-            kw["force"],
-            zeek_json,
-            zeek_selection,
-            reorder_window=kw["reorder_window"],
-            # Zeek must see each packet once; a capture file keeps both ends unless asked.
-            dedup=kw["dedup"] if kw["dedup"] is not None else bool(zeek_dir or zeek_json),
-            rotation=rotation,
-        ),
-        names=not kw["no_names"],
-        reconnect_for=kw["reconnect_for"],
-    )
+    return fmt
 
 
 def _capture(opts: CaptureOptions, reporter: Any) -> int:
@@ -980,7 +1007,8 @@ def leftovers_command(pods: tuple[str, ...], debug: bool, **kw: Any) -> None:
     def action() -> int:
         from kubectl_zsniff.cli.streams import standard_output
         from kubectl_zsniff.kube.client import load_client
-        from kubectl_zsniff.kube.container import get_pod, leftovers
+        from kubectl_zsniff.kube.container import leftovers
+        from kubectl_zsniff.kube.pod import get_pod
 
         kube = load_client(
             KubeOptions(kw["kubeconfig"], kw["context"], kw["namespace"], kw["request_timeout"])

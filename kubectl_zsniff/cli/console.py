@@ -120,12 +120,19 @@ class ConsoleReporter:
         elif summary.remote_stopped is False:
             parts.append("WARNING: tcpdump may still run in the pod")
         out = opts.output
-        if out.path is not None and not out.to_stdout and not out.rotation.active:
+        # Writing the file failed (a full disk): the error line after this says what is on
+        # disk; "wrote" would claim the file is complete.
+        failed = (out.path is not None and summary.error is not None
+                  and summary.reason.name == "OUTPUT_FAILED"
+                  and out.path.stem in summary.error.message)
+        if out.path is not None and not out.to_stdout and not out.rotation.active and not failed:
             if out.path.exists():
                 parts.append(f"wrote {out.path} ({out.fmt.value})")
             else:
                 parts.append(f"nothing captured, so no {out.path} was left")
         for label, result in summary.sink_results:
+            if failed and label == "file":
+                continue
             text = _sink_result_text(label, result)
             if text:
                 parts.append(text)

@@ -1,4 +1,5 @@
-"""The capture container: its spec (pure), injection as an ephemeral container, waiting, reuse."""
+"""The capture container: its spec (pure), PodSecurity's say, injection as an ephemeral
+container, waiting, reuse, and what earlier captures left in a pod."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field, pod_ips
+from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field
+from kubectl_zsniff.kube.scripts import LIFETIME_SCRIPT
 from kubectl_zsniff.kube.watch import pod_versions
 from kubectl_zsniff.options import InjectOptions
 
@@ -17,56 +19,9 @@ CONTAINER_PREFIX = "zsniff-"
 CAPTURE_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
 PSA_LABEL = "pod-security.kubernetes.io/enforce"
 
-# The container's main process: it lives while a capture touches its heartbeat file and exits
-# IDLE seconds after the last touch, so a vanished laptop never leaves it running for long.
-LIFETIME_SCRIPT = (
-    'hb="/tmp/.$1"; touch "$hb"; '
-    'while [ $(( $(date +%s) - $(date -r "$hb" +%s) )) -lt "$2" ]; do sleep 2; done'
-)
-
-# Runs tcpdump with the user's arguments as "$@" (never interpolated by a shell). It reports
-# tcpdump's PID, keeps the heartbeat fresh while tcpdump lives, and stops tcpdump when stdin
-# closes: that is how a client (or the node, when the client vanishes) ends the capture. Each
-# line the client sends on stdin becomes a SIGUSR1, on which tcpdump prints its counters
-# (captured, received, dropped by the kernel) and goes on: live drop counts, and stderr bytes
-# that keep a quiet capture's stream busy from the pod's side. The client sends lines only
-# once tcpdump said "listening" (its handler is set by then; before, USR1 would kill it).
-CAPTURE_SCRIPT = (
-    'hb="/tmp/.$1"; shift; '
-    'echo "zsniff-pid $$" >&2; '
-    "exec 3<&0; "
-    "( while read -r _ <&3; do kill -USR1 $$; done; kill -TERM $$ 2>/dev/null ) "
-    ">/dev/null 2>&1 & "
-    '( while kill -0 $$ 2>/dev/null; do touch "$hb"; sleep 2; done ) </dev/null >/dev/null 2>&1 & '
-    'exec tcpdump "$@" 3<&-'
-)
-
-
 @dataclass(frozen=True)
 class CaptureContainer:
     name: str
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    namespace: str
-    name: str
-    node: str
-    containers: tuple[str, ...]
-    phase: str
-    pod_ips: tuple[str, ...]
-    # Why a container cannot start (ImagePullBackOff, CrashLoopBackOff...), with its message.
-    waiting: tuple[str, str] | None = None
-    # What the capture is named after, when not this pod: `node/NAME` for a node capture pod.
-    label: str = ""
-
-    @property
-    def title(self) -> str:
-        return self.label or f"{self.namespace}/{self.name}"
-
-
-def capture_command(container_name: str, tcpdump_args: list[str]) -> list[str]:
-    return ["sh", "-c", CAPTURE_SCRIPT, "zsniff", container_name, *tcpdump_args]
 
 
 def container_spec(
@@ -113,112 +68,11 @@ def restricted_error(namespace: str) -> ZsniffError:
     return ZsniffError(
         f'namespace "{namespace}" enforces PodSecurity "restricted": '
         "no container there may capture packets",
-        "capture from a namespace at the baseline or privileged level, or ask an admin to "
+        "capture it from its node, leaving the pod unchanged: add --via-node "
+        "--capture-namespace NS (a namespace at the privileged level); or ask an admin to "
         f"relabel it: kubectl label ns {namespace} {PSA_LABEL}=baseline --overwrite",
         ExitStatus.POD_SECURITY,
     )
-
-
-def get_pod(kube: KubeClient, namespace: str, name: str) -> JSON:
-    try:
-        return kube.get(
-            f'get pod "{name}" in namespace "{namespace}"',
-            api_path("pods", name, namespace=namespace),
-        )
-    except ZsniffError as err:
-        if err.status == ExitStatus.NOT_FOUND:
-            raise _pod_not_found(kube, namespace, name) from err
-        raise
-
-
-def _pod_not_found(kube: KubeClient, namespace: str, name: str) -> ZsniffError:
-    """Say what is missing: the namespace itself, or the pod there (and where it is)."""
-    try:
-        kube.get("get namespace", api_path("namespaces", namespace))
-    except ZsniffError as err:
-        if err.status == ExitStatus.NOT_FOUND:
-            return ZsniffError(
-                f'namespace "{namespace}" not found (looking for pod "{name}")',
-                "list the namespaces with: kubectl get namespaces",
-                ExitStatus.NOT_FOUND,
-            )
-    elsewhere: list[str] = []
-    try:
-        found = kube.get("list pods", api_path("pods"), fieldSelector=f"metadata.name={name}")
-        elsewhere = sorted(str(field(p, "metadata", "namespace"))
-                           for p in found.get("items") or ())
-    except ZsniffError:
-        pass  # not allowed to look in every namespace: the plain hint
-    hint = f"list the pods with: kubectl get pods -n {namespace}"
-    if elsewhere:
-        where = ", ".join(elsewhere[:5])
-        hint = (f'a pod "{name}" exists in namespace {where}: add -n {elsewhere[0]} '
-                f"(or name it {elsewhere[0]}/{name})")
-    return ZsniffError(f'pod "{name}" not found in namespace "{namespace}"', hint,
-                       ExitStatus.NOT_FOUND)
-
-
-def describe_pod(pod: JSON) -> PodInfo:
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    return PodInfo(
-        namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name") or ""),
-        node=str(spec.get("nodeName") or ""),
-        containers=tuple(str(c.get("name")) for c in spec.get("containers") or ()),
-        phase=str(field(pod, "status", "phase") or "Unknown"),
-        pod_ips=tuple(pod_ips(pod)),
-        waiting=_waiting(pod),
-    )
-
-
-# Reasons a container waits that waiting longer does not cure.
-STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
-                 "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
-                 "RunContainerError")
-
-
-def _waiting(pod: JSON) -> tuple[str, str] | None:
-    for status in field(pod, "status", "containerStatuses") or ():
-        reason = str(field(status, "state", "waiting", "reason") or "")
-        if reason in STUCK_REASONS:
-            return reason, str(field(status, "state", "waiting", "message") or "")
-    return None
-
-
-def check_capturable(info: PodInfo, container: str | None) -> str:
-    """Return the container whose namespaces the capture shares, or explain why not."""
-    if info.phase in ("Succeeded", "Failed"):
-        raise ZsniffError(
-            f'pod "{info.name}" has finished ({info.phase}): there is no traffic to capture',
-            "capture a running pod (kubectl get pods)",
-            ExitStatus.POD_NOT_RUNNING,
-        )
-    if info.phase != "Running" and info.waiting is not None:
-        reason, message = info.waiting
-        cannot = "its image cannot be pulled" if "Image" in reason else "it cannot start"
-        raise ZsniffError(
-            f'pod "{info.name}" is not running ({info.phase}): {cannot} ({reason}'
-            + (f": {message[:160]}" if message else "") + ")",
-            f"waiting will not help: see why with kubectl describe pod {info.name} "
-            f"-n {info.namespace} (Events), and fix the pod",
-            ExitStatus.POD_NOT_RUNNING,
-        )
-    if info.phase != "Running":
-        raise ZsniffError(
-            f'pod "{info.name}" is not running yet (phase {info.phase})',
-            f"wait for it: kubectl wait --for=condition=Ready pod/{info.name} -n {info.namespace}",
-            ExitStatus.POD_NOT_RUNNING,
-        )
-    if container is None:
-        return info.containers[0]
-    if container not in info.containers:
-        raise ZsniffError(
-            f'container "{container}" not found in pod "{info.name}"',
-            "its containers are: " + ", ".join(info.containers),
-            ExitStatus.NOT_FOUND,
-        )
-    return container
 
 
 def namespace_psa_level(kube: KubeClient, namespace: str) -> str | None:

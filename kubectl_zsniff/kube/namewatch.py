@@ -8,6 +8,7 @@ capture's namespace, and what could not be listed at all is returned to be repor
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
@@ -16,6 +17,7 @@ from kubectl_zsniff.kube.watch import Changed, list_and_watch
 from kubectl_zsniff.names.book import NameBook, ObjectKey
 from kubectl_zsniff.names.map import PodName
 
+KEPT_ERRORS = 20
 # Kinds whose pods carry a generated suffix worth stripping to name the workload.
 _REPLICASET_HASH_LABEL = "pod-template-hash"
 
@@ -87,7 +89,10 @@ class NameWatcher:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._errors: list[str] = []
+        # The last few failures and how many: a watch retried every second through an hour's
+        # outage must not keep every message.
+        self._errors: deque[str] = deque(maxlen=KEPT_ERRORS)
+        self._error_count = 0
 
     def load(self) -> list[str]:
         """List every kind into the book; returns what could not be read (RBAC)."""
@@ -150,12 +155,20 @@ class NameWatcher:
     def _failed(self, message: str) -> None:
         with self._lock:
             self._errors.append(message)
+            self._error_count += 1
 
     @property
     def errors(self) -> list[str]:
-        """Every watch or list failure since `start`, oldest first (each was retried)."""
+        """The last KEPT_ERRORS watch or list failures since `start`, oldest first (each was
+        retried)."""
         with self._lock:
             return list(self._errors)
+
+    @property
+    def error_count(self) -> int:
+        """How many failures there were since `start`, also those `errors` no longer holds."""
+        with self._lock:
+            return self._error_count
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,14 +1,18 @@
-"""Node capture: a pod on the node's network (hostNetwork), made for one capture and removed.
+"""Capture pods on a node, made for one capture and removed (and seen gone) afterwards.
 
 An ephemeral container can only share a pod's network; a node's own traffic (and every pod's
 on that node) is seen only from the node's network namespace, so node capture needs a pod of
-its own there: hostNetwork, pinned with `nodeName`, NET_RAW and NET_ADMIN. That is more than
-pod capture asks (create/delete pods; PodSecurity `privileged` in its namespace), so it is
-only made when the user names `node/NAME`, and deleted (and seen gone) afterwards.
+its own there: hostNetwork, pinned with `nodeName`, NET_RAW and NET_ADMIN. `--via-node` needs
+one too, for pods whose own containers may not capture (PodSecurity `restricted`, a runtime
+without NET_RAW): hostPID, so that it sees the target pod's processes, and SYS_ADMIN (setns)
+and SYS_PTRACE (another user's /proc/PID/ns) to enter that pod's network namespace, leaving
+the pod itself unchanged. Both ask more than pod capture (create/delete pods; PodSecurity
+`privileged` in their namespace), so they are only made when the user asks for them.
 """
 
 from __future__ import annotations
 
+import enum
 import secrets
 import time
 from collections.abc import Callable
@@ -20,9 +24,9 @@ from kubectl_zsniff.kube.container import (
     CAPTURE_CAPABILITIES,
     CONTAINER_PREFIX,
     FATAL_WAITING,
-    LIFETIME_SCRIPT,
     PSA_LABEL,
 )
+from kubectl_zsniff.kube.scripts import LIFETIME_SCRIPT
 from kubectl_zsniff.kube.watch import Listed, list_and_watch, pod_versions
 from kubectl_zsniff.options import InjectOptions
 
@@ -30,6 +34,25 @@ Progress = Callable[[str], None]
 
 CONTAINER = "capture"
 NODE_LABEL = "zsniff.io/node-capture"  # on every capture pod, so leftovers can be listed
+VIA_NODE_CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", *CAPTURE_CAPABILITIES)
+
+
+class NodeAccess(enum.Enum):
+    """What of the node a capture pod shares: its network (node/NAME) or its processes, to
+    enter a pod's network namespace (--via-node)."""
+
+    NETWORK = "hostNetwork"
+    PODS = "hostPID"
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return CAPTURE_CAPABILITIES if self is NodeAccess.NETWORK else VIA_NODE_CAPABILITIES
+
+    @property
+    def wanted(self) -> str:
+        """The pod's asks, as a refusal names them."""
+        caps = self.capabilities
+        return f"{self.value} with {', '.join(caps[:-1])} and {caps[-1]}"
 
 
 def tolerations_for(taints: list[Any]) -> list[dict[str, Any]]:
@@ -49,28 +72,31 @@ def tolerations_for(taints: list[Any]) -> list[dict[str, Any]]:
     return seen
 
 
-def node_pod_spec(pod_name: str, node: str, image: str, taints: list[Any],
-                  privileged: bool, idle_lifetime: int) -> dict[str, Any]:
+def node_pod_spec(pod_name: str, node: str, image: str, tolerations: list[dict[str, Any]],
+                  privileged: bool, idle_lifetime: int,
+                  access: NodeAccess = NodeAccess.NETWORK) -> dict[str, Any]:
     """The capture pod for `node` (pure). Its process is the same bounded-lifetime loop as
     the ephemeral container's: if zsniff vanishes before deleting the pod, it stops by itself
     `idle_lifetime` seconds after the last capture (restartPolicy Never keeps it stopped)."""
     security: dict[str, Any] = ({"privileged": True} if privileged
-                                else {"capabilities": {"add": list(CAPTURE_CAPABILITIES)}})
+                                else {"capabilities": {"add": list(access.capabilities)}})
+    host: dict[str, Any] = (
+        # hostNetwork pods get the node's resolv.conf otherwise; tcpdump resolves nothing
+        # (-n), this only keeps the pod like any other for the shell loop.
+        {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}
+        if access is NodeAccess.NETWORK else {"hostPID": True})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": pod_name, "labels": {NODE_LABEL: node}},
         "spec": {
             "nodeName": node,
-            "hostNetwork": True,
-            # hostNetwork pods get the node's resolv.conf otherwise; tcpdump resolves nothing
-            # (-n), this only keeps the pod like any other for the shell loop.
-            "dnsPolicy": "ClusterFirstWithHostNet",
+            **host,
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "tolerations": tolerations_for(taints),
+            "tolerations": tolerations,
             "containers": [{
                 "name": CONTAINER,
                 "image": image,
@@ -101,28 +127,65 @@ def read_node(kube: KubeClient, name: str) -> JSON:
         raise
 
 
-def psa_refusal(namespace: str, level: str | None) -> ZsniffError | None:
-    """PodSecurity below `privileged` forbids hostNetwork and NET_RAW/NET_ADMIN: say so before
-    any pod is made (None: unlabelled, privileged, or not readable; creation then tells)."""
+def psa_refusal(namespace: str, level: str | None,
+                access: NodeAccess = NodeAccess.NETWORK) -> ZsniffError | None:
+    """PodSecurity below `privileged` forbids host namespaces and added capabilities: say so
+    before any pod is made (None: unlabelled, privileged, or not readable; creation tells)."""
     if level not in ("baseline", "restricted"):
         return None
     return ZsniffError(
         f'namespace "{namespace}" enforces PodSecurity "{level}": it forbids the node capture '
-        "pod (hostNetwork with NET_RAW and NET_ADMIN); no pod was made",
+        f"pod ({access.wanted}); no pod was made",
         "give --capture-namespace a namespace at the privileged level, or ask an admin: "
         f"kubectl label ns {namespace} {PSA_LABEL}=privileged --overwrite",
         ExitStatus.POD_SECURITY,
     )
 
 
-def create_node_pod(kube: KubeClient, namespace: str, node: JSON, opts: InjectOptions,
-                    progress: Progress) -> JSON:
-    """Make the capture pod on `node` in `namespace` and wait until it runs. A pod that fails
-    to start is deleted before the error is raised."""
-    node_name = str(field(node, "metadata", "name"))
+# What a capture pod needs in its namespace, as (verb, resource, subresource): made, watched
+# until it runs, exec'd into, and deleted at the end.
+CAPTURE_POD_RIGHTS = (("create", "pods", ""), ("get", "pods", ""), ("watch", "pods", ""),
+                      ("create", "pods", "exec"), ("delete", "pods", ""))
+ACCESS_REVIEW_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+def refuse_missing_rights(kube: KubeClient, namespace: str, access: NodeAccess) -> None:
+    """Ask the API (a SelfSubjectAccessReview, allowed to every user) for each right a capture
+    pod needs, before one is made: a pod zsniff could make but not delete would be left behind.
+    A review that cannot be asked is no refusal: the requests themselves then tell."""
+    missing = []
+    for verb, resource, subresource in CAPTURE_POD_RIGHTS:
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb,
+                                                "resource": resource,
+                                                "subresource": subresource}}}
+        try:
+            review = kube.request("review the capture pod's rights", "POST",
+                                  ACCESS_REVIEW_PATH, None, body)
+        except ZsniffError:
+            return
+        if field(review, "status", "allowed") is False:
+            missing.append(f"{verb} {resource}/{subresource}" if subresource
+                           else f"{verb} {resource}")
+    if missing:
+        first = missing[0].split()
+        raise ZsniffError(
+            f'forbidden to {", ".join(missing)} in namespace "{namespace}": the node capture '
+            f"pod ({access.value}) could not be run and removed; no pod was made",
+            "a capture pod needs `create`, `get`, `watch` and `delete` on pods and `create` "
+            f"on pods/exec there: kubectl auth can-i {first[0]} {first[1]} -n {namespace}; "
+            "or pick another with --capture-namespace",
+            ExitStatus.FORBIDDEN)
+
+
+def create_node_pod(kube: KubeClient, namespace: str, node_name: str,
+                    tolerations: list[dict[str, Any]], opts: InjectOptions, progress: Progress,
+                    access: NodeAccess = NodeAccess.NETWORK) -> JSON:
+    """Make the capture pod on `node_name` in `namespace` and wait until it runs. A pod that
+    fails to start is deleted before the error is raised."""
     name = f"{CONTAINER_PREFIX}{node_name[:40].rstrip('-.')}-{secrets.token_hex(3)}"
-    body = node_pod_spec(name, node_name, opts.image, field(node, "spec", "taints") or [],
-                         opts.privileged, opts.idle_lifetime)
+    body = node_pod_spec(name, node_name, opts.image, tolerations, opts.privileged,
+                         opts.idle_lifetime, access)
     try:
         kube.request("create the node capture pod", "POST",
                      api_path("pods", namespace=namespace), None, body)
@@ -132,15 +195,15 @@ def create_node_pod(kube: KubeClient, namespace: str, node: JSON, opts: InjectOp
             said = err.message.partition("violates PodSecurity")[2].strip()
             raise ZsniffError(
                 f'PodSecurity in namespace "{namespace}" refused the node capture pod '
-                "(hostNetwork, NET_RAW, NET_ADMIN)"
+                f"({access.wanted})"
                 + (f": violates PodSecurity {said}" if said else ""),
                 "give --capture-namespace a namespace at the privileged level, or ask an "
                 f"admin: kubectl label ns {namespace} {PSA_LABEL}=privileged --overwrite",
                 ExitStatus.POD_SECURITY) from err
         if err.status == ExitStatus.FORBIDDEN:
             raise ZsniffError(
-                f'forbidden to create pods in namespace "{namespace}" (node capture makes a '
-                "pod on the node's network)",
+                f'forbidden to create pods in namespace "{namespace}" (a node capture pod, '
+                f"{access.value})",
                 "node capture needs `create`, `get`, `watch` and `delete` on pods and `create` "
                 f"on pods/exec there: kubectl auth can-i create pods -n {namespace}; or pick "
                 "another with --capture-namespace",
@@ -156,7 +219,7 @@ def create_node_pod(kube: KubeClient, namespace: str, node: JSON, opts: InjectOp
         raise
     try:
         # Inside the try: a Ctrl-C that lands while this line is written must remove the pod.
-        progress(f"made capture pod {namespace}/{name} on node {node_name} (hostNetwork)")
+        progress(f"made capture pod {namespace}/{name} on node {node_name} ({access.value})")
         return _wait_running(kube, namespace, name, opts.start_timeout, progress)
     except BaseException:
         _delete_on_the_way_out(kube, namespace, name, progress)

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.client import JSON, KubeClient, api_path, field
-from kubectl_zsniff.kube.container import PodInfo, check_capturable, describe_pod, get_pod
+from kubectl_zsniff.kube.pod import PodInfo, check_capturable, describe_pod, get_pod
 
 Progress = Callable[[str], None]
 

@@ -25,7 +25,7 @@ from kubectl_zsniff.formats.pcapng import (
     name_resolution_block,
     section_header_block,
 )
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.dedup import DEFAULT_WINDOW_NS as DEDUP_WINDOW_NS
@@ -459,6 +459,8 @@ class OutputPipeline:
         """What a new file of this capture starts with, so that it can be read alone: the
         section header, the interface of every pod started so far (same ids), and one name
         table with every name this capture has stated. Called with the lock held."""
+        if sum(sink.fmt == "pcapng" for sink in self.sinks) == 1:
+            self._fresh_file_names()
         parts = [self._section_header()]
         entries = [(ip, [name]) for ip, name in sorted(self._named.items())]
         if entries:
@@ -469,6 +471,16 @@ class OutputPipeline:
             assert lane.header is not None
             parts.append(self._interface_block(lane, lane.header))
         return b"".join(parts)
+
+    def _fresh_file_names(self) -> None:
+        """A new file names each address once, as it is now: an address released since (named
+        itself) needs no name there, and none has changed owner in it yet. So over hours of
+        pods coming and going this holds the addresses that have an owner, not every one the
+        capture saw, and each file's name table stays as large as the cluster. Only when the
+        files are the one pcapng output: a live Wireshark beside them reads one stream, whose
+        history (a reused address's comment) this would cut short."""
+        self._named = {ip: name for ip, name in self._named.items() if name != ip}
+        self._reowned.clear()
 
     def _section_preamble(self) -> bytes:
         self._section_started = True
@@ -505,6 +517,8 @@ class OutputPipeline:
             description=(
                 f"node {pod.node or '-'}, "
                 + (f"capture pod {pod.namespace}/{pod.name}, " if pod.label else "")
+                + (f"from capture pod {pod.via.namespace}/{pod.via.pod} in the pod's network "
+                   "namespace, " if pod.via is not None else "")
                 + f"container {lane.container}, "
                 f"interface {self.opts.interface}"
             ),

@@ -95,7 +95,13 @@ class FileSink:
                     n = out.write(view)
                     view = view[n or 0 :]
         except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+            # Each write is whole packets: cut back what a full disk left half-written, so
+            # the file ends on its last whole packet (a device or FIFO cannot be cut).
+            cut = False
+            with contextlib.suppress(OSError, ValueError):
+                os.ftruncate(out.fileno(), self.bytes_written)
+                cut = True
+            raise _write_error(self.path, exc, cut) from exc
         self.bytes_written += size
 
     def close(self) -> int:
@@ -119,9 +125,11 @@ class FileSink:
                     self.path.unlink()
 
 
-def _write_error(path: Path, exc: OSError) -> ZsniffError:
+def _write_error(path: Path, exc: OSError, cut: bool = False) -> ZsniffError:
     hint = "free some space, or write elsewhere with -w" if exc.errno == errno.ENOSPC else ""
-    return ZsniffError(f"writing {path} failed: {exc.strerror}", hint, ExitStatus.OUTPUT_ERROR)
+    kept = "; it keeps the packets before, up to the last whole one" if cut else ""
+    return ZsniffError(f"writing {path} failed: {exc.strerror}{kept}", hint,
+                       ExitStatus.OUTPUT_ERROR)
 
 
 class StdoutSink:

@@ -157,7 +157,13 @@ class RotatingFileSink:
             # The file keeps only whole blocks: cut back what a full disk left half-written.
             with contextlib.suppress(OSError):
                 os.ftruncate(out.fileno(), before)
-            raise _write_error(self._path, exc, self._finished()) from exc
+            removed = False
+            if before == 0:
+                # Its header did not fit: an empty file is no pcapng, and holds no packet.
+                with contextlib.suppress(OSError):
+                    self._path.unlink()
+                    removed = True
+            raise _write_error(self._path, exc, self._finished(), removed) from exc
         self._size += len(view)
         self.bytes_written += len(view)
 
@@ -204,6 +210,7 @@ class RotatingFileSink:
     def close(self) -> RotationResult:
         self._close_current()
         kept = [rotated_path(self.base, n) for n in range(self.removed + 1, self._number + 1)]
+        kept = [path for path in kept if path.exists()]  # not one a full disk left empty
         return RotationResult(kept, self.removed, self.bytes_written)
 
     def discard_if_empty(self) -> None:
@@ -217,8 +224,15 @@ class RotatingFileSink:
                     self._path.unlink()
 
 
-def _write_error(path: Path, exc: OSError, finished: int) -> ZsniffError:
+def _write_error(path: Path, exc: OSError, finished: int,
+                 removed: bool | None = None) -> ZsniffError:
+    """`removed`: whether the file being written was removed (True: it held nothing) or cut
+    back to its last whole block (False); None when it was not written to."""
     intact = f"; the {finished} finished files before it are intact" if finished else ""
+    if removed:
+        intact += " (it held no packet and was removed)"
+    elif removed is False:
+        intact += "; it keeps the packets before, up to the last whole one"
     hint = ("free some space, or write elsewhere with -w; a smaller --ring keeps less on disk"
             if exc.errno == errno.ENOSPC else "")
     return ZsniffError(f"writing {path} failed: {exc.strerror}{intact}", hint,

@@ -194,13 +194,21 @@ def _reset_cluster(cluster: Any) -> Iterator[None]:
     cluster.reset()
 
 
+_PENDING_READS: dict[int, queue.Queue[str]] = {}
+
+
 def read_line(stream: Any, timeout: float) -> str:
-    """One line from a pipe, or '' after `timeout` seconds (the reader thread is a daemon)."""
-    box: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: box.put(stream.readline()), daemon=True).start()
+    """One line from a pipe, or '' after `timeout` seconds. A read that timed out stays
+    pending (its daemon thread still waits for the line) and the next call takes its line:
+    a line that arrives late is not lost."""
+    box = _PENDING_READS.pop(id(stream), None)
+    if box is None:
+        box = queue.Queue()
+        threading.Thread(target=lambda: box.put(stream.readline()), daemon=True).start()
     try:
         return box.get(timeout=timeout)
     except queue.Empty:
+        _PENDING_READS[id(stream)] = box
         return ""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kubectl_zsniff.formats.pcapng import Interface, NameRecords, PacketRecord, read_capture
+from tests.e2e.conftest import IMAGE
 from tests.e2e.test_outputs import env_for, ping
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_capture_with_the_oldest_supported_official_client(
             [str(old_client_python), "-c",
              "import sys; sys.argv[0] = 'kubectl-zsniff'; "
              "from kubectl_zsniff.cli.app import main; main()",
-             "compat-web", "-d", "6s", "-w", str(out), "--image", "busybox", "icmp"],
+             "compat-web", "-d", "6s", "-w", str(out), "--image", IMAGE, "icmp"],
             env=env_for(kube_home, cluster.kubeconfig), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, cwd=REPO)
         assert proc.stderr is not None

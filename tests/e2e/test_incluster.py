@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from kubectl_zsniff.formats.pcapng import Interface, SectionStart, read_capture
+from tests.e2e.conftest import IMAGE
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a private mount namespace)"),
@@ -72,7 +73,7 @@ def test_capture_from_inside_a_pod_with_the_service_account(
         out = tmp_path / "in.pcapng"
         result = in_cluster_run(
             cluster, tmp_path,
-            ["incluster-web", "-d", "2s", "-w", str(out), "--image", "busybox"])
+            ["incluster-web", "-d", "2s", "-w", str(out), "--image", IMAGE])
         assert result.returncode == 0, result.stderr
         assert "listening on eth0" in result.stderr
         events = list(read_capture(str(out)))

@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.conftest import (
     PodPair,
     Zsniff,
+    assert_clean_error,
     assert_no_capture_left,
     capinfos_ok,
     stop_process,
@@ -233,3 +234,56 @@ def test_kernel_drops_show_while_capturing_with_a_warning(
     final = re.search(r"([\d,]+) dropped by the kernel;", text)
     assert final and int(final.group(1).replace(",", "")) >= early > 0, text
     capinfos_ok(out)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 256 KiB tmpfs of the test's own, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=700", "zsniff-e2e-full",
+                    str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["one-file", "ring"])
+def test_a_full_disk_is_one_clear_error_and_every_file_stays_valid(
+        cluster: Any, zsniff: Zsniff, pair: PodPair, small_disk: Path, rotate: bool) -> None:
+    """The disk fills mid-capture (-w alone, and -C 50k while rotating): exit 16, one `error:`
+    line and a hint, the file being written cut back to its last whole packet, every finished
+    file intact, and no `wrote ...` said of what could not be written."""
+    base = small_disk / "full.pcapng"
+    rotation = ["-C", "50k"] if rotate else []
+    proc = zsniff.start([pair.web, "-n", pair.namespace, "-w", str(base), *rotation,
+                         "udp port 9000"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_capture_live(cluster, pair.namespace, pair.web, proc=proc)
+        traffic = pair.traffic(udp=1, size=1400, seconds=20, pause=0.002, families=(4,))
+        try:
+            proc.wait(timeout=60)
+        finally:
+            stop_process(traffic)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    assert_clean_error(result, 16, "No space left", str(small_disk / "full"))
+    assert "free some space" in err, err
+    assert "wrote" not in err.replace("writing", ""), err
+    files = sorted(small_disk.glob("full*.pcapng"))
+    if rotate:
+        assert len(files) >= 2 and base not in files, files
+        finished = len(files) - 1
+        assert f"the {finished} finished files before it are intact" in err, err
+    else:
+        assert files == [base], files
+    for path in files:
+        info = capinfos_ok(path)  # a whole pcapng, the one cut short too
+        assert "Number of packets" in info
+        assert udp_requests(path, pair.web_ips[0]), path
+    assert_no_capture_left(cluster, pair.namespace, pair.web)

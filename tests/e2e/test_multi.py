@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from kubectl_zsniff.formats.pcapng import Interface, PacketRecord, read_capture
+from tests.e2e.conftest import IMAGE
 from tests.e2e.test_outputs import ZSNIFF, env_for, ping, wait_for_listening
 
 pytestmark = [
@@ -29,7 +30,7 @@ def test_selector_captures_every_matching_pod_into_one_pcapng(
     ips = {name: cluster.pod_ip("default", name) for name in ("multi-a", "multi-b")}
     out = tmp_path / "multi.pcapng"
     proc = subprocess.Popen(
-        [*ZSNIFF, "-l", "app=multi", "-w", str(out), "--image", "busybox", "icmp"],
+        [*ZSNIFF, "-l", "app=multi", "-w", str(out), "--image", IMAGE, "icmp"],
         env=env_for(kube_home, cluster.kubeconfig), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )

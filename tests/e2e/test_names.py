@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ZSNIFF
+from tests.e2e.conftest import IMAGE, ZSNIFF
 from tests.e2e.test_outputs import env_for
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark n
 def start_capture(cluster: Any, home: Path, out: Path, *args: str) -> subprocess.Popen[str]:
     env = env_for(home, cluster.kubeconfig)
     proc = subprocess.Popen(
-        [*ZSNIFF, *args, "-w", str(out), "--image", "busybox"],
+        [*ZSNIFF, *args, "-w", str(out), "--image", IMAGE],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert proc.stderr is not None

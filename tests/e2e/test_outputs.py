@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.connect_proxy import ConnectProxy
-from tests.e2e.conftest import ZSNIFF, classify, load, zsniff_env
+from tests.e2e.conftest import IMAGE, ZSNIFF, classify, load, zsniff_env
 from tests.shared_data import ZEEK_DATA
 
 needs_ping = pytest.mark.skipif(shutil.which("ping") is None, reason="ping not installed")
@@ -49,7 +49,7 @@ def capture_briefly(home: Path, kubeconfig: Path, out: Path,
                     *flags: str) -> subprocess.CompletedProcess[str]:
     """Two seconds of out-web's traffic into `out`, as the kubeconfig's user."""
     return subprocess.run(
-        [*ZSNIFF, "out-web", *flags, "-d", "2s", "-w", str(out), "--image", "busybox"],
+        [*ZSNIFF, "out-web", *flags, "-d", "2s", "-w", str(out), "--image", IMAGE],
         env=env_for(home, kubeconfig), capture_output=True, text=True, timeout=90,
     )
 
@@ -154,7 +154,7 @@ def test_exec_credential_plugin_token_reaches_the_exec_stream(
 def test_terminal_view_shows_pod_names(cluster: Any, pods: Any, kube_home: Path) -> None:
     web_ip, _ = pods
     proc = subprocess.Popen(
-        [*ZSNIFF, "out-web", "--view", "-d", "8s", "--image", "busybox", "icmp"],
+        [*ZSNIFF, "out-web", "--view", "-d", "8s", "--image", IMAGE, "icmp"],
         env=env_for(kube_home, cluster.kubeconfig), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
@@ -216,7 +216,7 @@ def test_live_status_line_on_a_terminal(cluster: Any, pods: Any, kube_home: Path
     web_ip, _ = pods
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [*ZSNIFF, "out-web", "-d", "6s", "-w", str(tmp_path / "t.pcapng"), "--image", "busybox",
+        [*ZSNIFF, "out-web", "-d", "6s", "-w", str(tmp_path / "t.pcapng"), "--image", IMAGE,
          "icmp"],
         env=env_for(kube_home, cluster.kubeconfig), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=follower,
@@ -260,7 +260,7 @@ def test_terminal_view_rows_never_glue_onto_the_status_line(
     done = tmp_path / "status"
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
                       if k.isidentifier())
-    command = shlex.join([*ZSNIFF, "out-web", "--view", "-d", "10s", "--image", "busybox",
+    command = shlex.join([*ZSNIFF, "out-web", "--view", "-d", "10s", "--image", IMAGE,
                           "icmp"])
     script.write_text(f"{exports}{command}\necho $? > {shlex.quote(str(done))}\nsleep 60\n")
     tmux = ["tmux", "-L", f"zsniff-test-{os.getpid()}"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kubectl_zsniff.formats.pcapng import read_capture
-from tests.e2e.conftest import ZSNIFF, classify, load
+from tests.e2e.conftest import IMAGE, ZSNIFF, classify, load
 from tests.e2e.test_outputs import env_for, needs_ping, ping, wait_for_listening
 
 pytestmark = needs_ping
@@ -20,7 +20,7 @@ def test_pod_deleted_during_capture(cluster: Any, kube_home: Path, tmp_path: Pat
     client_ip = cluster.pod_ip("default", "gone-client")
     out = tmp_path / "gone.pcapng"
     proc = subprocess.Popen(
-        [*ZSNIFF, "gone-soon", "-w", str(out), "--image", "busybox"],
+        [*ZSNIFF, "gone-soon", "-w", str(out), "--image", IMAGE],
         env=env_for(kube_home, cluster.kubeconfig), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )

@@ -15,6 +15,7 @@ import pytest
 
 from kubectl_zsniff.formats.pcapng import NameRecords, PacketRecord, read_capture
 from tests.e2e.conftest import (
+    IMAGE,
     ZSNIFF,
     assert_clean_error,
     assert_no_capture_left,
@@ -138,7 +139,7 @@ def test_wireshark_that_cannot_start_says_why(
     env["XDG_RUNTIME_DIR"] = str(tmp_path)
     try:
         result = subprocess.run(
-            [*ZSNIFF, "ws-nodisplay", "--wireshark", "--image", "busybox", "-d", "60s"],
+            [*ZSNIFF, "ws-nodisplay", "--wireshark", "--image", IMAGE, "-d", "60s"],
             env=env, capture_output=True, text=True, timeout=90)
         assert_clean_error(result, 15, "Wireshark failed", "display")
         assert "closed by the reader" not in result.stderr

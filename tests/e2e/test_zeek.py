@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ZSNIFF
+from tests.e2e.conftest import IMAGE, ZSNIFF
 from tests.e2e.test_outputs import env_for
 from tests.shared_data import ZEEK_DATA
 
@@ -72,7 +72,7 @@ def test_zeek_on_live_capture_with_stand_in_zeek_program(
     env = env_for(kube_home, cluster.kubeconfig)
     env["PATH"] = f"{bindir}:{os.environ['PATH']}"
     capture = subprocess.Popen(
-        [*ZSNIFF, "zeek-web", "--zeek", str(logs), "--image", "busybox", "icmp"],
+        [*ZSNIFF, "zeek-web", "--zeek", str(logs), "--image", IMAGE, "icmp"],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert capture.stderr is not None

@@ -166,6 +166,21 @@ def node_pids(record: NodeRecord | None, prefix: str) -> set[int]:
     return {p for p in pids if alive(p)}
 
 
+def started_before(pid: int, moment: float) -> bool:
+    """Whether process `pid` started before `moment` (time.time()); False once it is gone.
+    A namespace is freed with its last process, and the kernel may give its inode number to
+    the next namespace made (another cluster's, another agent's): a process that started
+    after a node's teardown began is not that node's, whatever its namespace inode says."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return False
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after comm
+    return boot + ticks / os.sysconf("SC_CLK_TCK") < moment
+
+
 def kill_all(record: NodeRecord | None, prefix: str, timeout: float = 20) -> list[int]:
     """SIGKILL every process of the node until none is left; returns those that would not go."""
     deadline = time.monotonic() + timeout

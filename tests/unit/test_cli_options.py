@@ -61,7 +61,13 @@ CASES = [
                          "target.capture_namespace": None}),
     (["node/worker-1", "-i", "eth0", "--capture-namespace", "zsniff"],
      {"tcpdump.interface": "eth0", "target.capture_namespace": "zsniff"}),
-    (["web"], {"tcpdump.interface": "eth0"}),
+    (["web"], {"tcpdump.interface": "eth0", "target.via_node": False}),
+    # --via-node captures inside each pod's own network: eth0 stays the default there.
+    (["web", "-n", "locked", "--via-node", "--capture-namespace", "zsniff"],
+     {"target.via_node": True, "target.capture_namespace": "zsniff",
+      "tcpdump.interface": "eth0"}),
+    (["-l", "app=web", "--via-node"], {"target.via_node": True,
+                                       "target.capture_namespace": None}),
     (["web", "-c", "app", "--image", "zsniff.test/capture:1", "--privileged"],
      {"target.container": "app", "inject.image": "zsniff.test/capture:1",
       "inject.privileged": True}),
@@ -123,7 +129,8 @@ REFUSED = [
     (["web", "--reconnect-for", "-5s"], "--reconnect-for"),
     (["node/worker-1", "pod/web"], "node/NAME is captured alone"),
     (["node/worker-1", "-l", "app=web"], "node/NAME is captured alone"),
-    (["web", "--capture-namespace", "zsniff"], "it goes with node/NAME"),
+    (["web", "--capture-namespace", "zsniff"], "it goes with node/NAME or --via-node"),
+    (["node/worker-1", "--via-node"], "use one or the other"),
 ]
 
 

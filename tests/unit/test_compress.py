@@ -245,3 +245,15 @@ def test_each_packet_comes_out_while_tcpdump_still_runs(shell: list[str], tmp_pa
     assert proc.wait(timeout=10) == 0
     # The wrapper waits 50 ms after a short read; a loaded 2-core machine adds some.
     assert max(delays) < 1.0, delays
+
+
+def test_via_node_runs_its_own_capture_script_inside_the_compress_wrapper() -> None:
+    """--via-node with --compress: the wrapper gets the script that enters the pod's network
+    namespace, with the pod's UID before tcpdump's arguments, as capture_command passes it."""
+    from kubectl_zsniff.kube.scripts import VIA_NODE_CAPTURE_SCRIPT, capture_command
+
+    plain = capture_command("zsniff-1", ["-i", "eth0"], "uid-1")
+    wrapped = compressed_capture_command("zsniff-1", ["-i", "eth0"], "uid-1")
+    assert plain[2] == VIA_NODE_CAPTURE_SCRIPT
+    assert wrapped[:2] == ["sh", "-c"] and wrapped[4] == VIA_NODE_CAPTURE_SCRIPT
+    assert wrapped[5:] == plain[4:] == ["zsniff-1", "uid-1", "-i", "eth0"]

@@ -10,7 +10,7 @@ from typing import Any
 from kubectl_zsniff.capture.run import CaptureSummary, PodCapture, StopReason, TcpdumpReport
 from kubectl_zsniff.cli.console import ConsoleReporter
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.options import (
     CaptureOptions,
     KubeOptions,

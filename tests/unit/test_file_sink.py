@@ -189,3 +189,30 @@ def test_pipe_writer_gives_up_on_a_stuck_reader_only_once_stopping(
     assert os.get_blocking(write_end)  # handed back as it came
     os.close(read_end)
     os.close(write_end)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_leaves_the_file_on_its_last_whole_write(tmp_path: Path) -> None:
+    """Each write is whole packets; the disk fills in the middle of one: what it got of that
+    write is cut off, so the file ends where a packet ends."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "zsniff-unit-full", str(disk)],
+                   check=True)
+    try:
+        sink = FileSink(disk / "c.pcapng", "pcapng")
+        block = b"\xab" * 10_000
+        with pytest.raises(ZsniffError) as caught:
+            for _ in range(100):
+                sink.write(block)
+        assert caught.value.status == ExitStatus.OUTPUT_ERROR
+        assert "No space left" in caught.value.message
+        assert "up to the last whole one" in caught.value.message
+        assert caught.value.hint.startswith("free some space")
+        sink.close()
+        size = (disk / "c.pcapng").stat().st_size
+        assert size == sink.bytes_written and size % len(block) == 0 and size > 0, size
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

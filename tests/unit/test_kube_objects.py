@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from kubectl_zsniff.kube.client import api_path, field, pod_ips
-from kubectl_zsniff.kube.container import container_state, describe_pod, find_reusable
+from kubectl_zsniff.kube.container import container_state, find_reusable
 from kubectl_zsniff.kube.namewatch import node_names, pod_names, service_names
+from kubectl_zsniff.kube.pod import describe_pod
 from kubectl_zsniff.names.map import PodName
 
 # A pod as `kubectl get pod -o json` prints it (trimmed), made by a Deployment.

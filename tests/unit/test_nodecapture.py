@@ -7,14 +7,15 @@ from __future__ import annotations
 import pytest
 
 from kubectl_zsniff.errors import ExitStatus
-from kubectl_zsniff.kube.container import LIFETIME_SCRIPT
 from kubectl_zsniff.kube.nodecapture import (
     CONTAINER,
     NODE_LABEL,
+    NodeAccess,
     node_pod_spec,
     psa_refusal,
     tolerations_for,
 )
+from kubectl_zsniff.kube.scripts import LIFETIME_SCRIPT
 
 TAINTS = [
     {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
@@ -51,7 +52,8 @@ def test_it_tolerates_the_nodes_own_taints_and_no_others() -> None:
          "effect": "NoSchedule"},
         {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
     ]
-    pod = node_pod_spec("p", "n1", "img:1", TAINTS, privileged=False, idle_lifetime=60)
+    pod = node_pod_spec("p", "n1", "img:1", tolerations_for(TAINTS), privileged=False,
+                        idle_lifetime=60)
     assert pod["spec"]["tolerations"] == tolerations_for(TAINTS)
     assert tolerations_for([]) == []  # an untainted node: no blanket `operator: Exists`
 
@@ -70,3 +72,28 @@ def test_baseline_and_restricted_refuse_it_with_the_way_out(level: str) -> None:
 def test_privileged_or_unlabelled_namespaces_are_not_refused_beforehand(
         level: str | None) -> None:
     assert psa_refusal("apps", level) is None
+
+
+def test_the_via_node_pod_shares_the_nodes_processes_not_its_network() -> None:
+    """--via-node: hostPID to find the target pod's processes, SYS_ADMIN and SYS_PTRACE to
+    enter their network namespace; neither the node's network nor privileged by default."""
+    tolerations = [{"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}]
+    pod = node_pod_spec("p", "n1", "img:1", tolerations, privileged=False, idle_lifetime=60,
+                        access=NodeAccess.PODS)
+    spec = pod["spec"]
+    assert spec["hostPID"] is True and not spec.get("hostNetwork")
+    assert "dnsPolicy" not in spec
+    assert spec["tolerations"] == tolerations
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "capabilities": {"add": ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW"]}}
+    privileged = node_pod_spec("p", "n1", "img:1", [], privileged=True, idle_lifetime=60,
+                               access=NodeAccess.PODS)
+    assert privileged["spec"]["containers"][0]["securityContext"] == {"privileged": True}
+
+
+def test_a_via_node_refusal_names_what_the_pod_would_ask() -> None:
+    err = psa_refusal("apps", "baseline", NodeAccess.PODS)
+    assert err is not None and err.status == ExitStatus.POD_SECURITY
+    assert "hostPID with SYS_ADMIN, SYS_PTRACE, NET_ADMIN and NET_RAW" in err.message
+    assert "--capture-namespace" in err.hint

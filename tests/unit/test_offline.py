@@ -109,7 +109,7 @@ def test_convert_refuses_junk_and_missing_files(tmp_path: Path) -> None:
 def test_names_read_back_follow_time(tmp_path: Path) -> None:
     from kubectl_zsniff.capture.run import OutputPipeline
     from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
-    from kubectl_zsniff.kube.container import PodInfo
+    from kubectl_zsniff.kube.pod import PodInfo
     from kubectl_zsniff.names.book import NameBook
     from kubectl_zsniff.names.map import PodName
     from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions

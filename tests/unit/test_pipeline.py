@@ -14,7 +14,7 @@ import pytest
 from kubectl_zsniff.capture.run import OutputPipeline, StopReason, TcpdumpReport
 from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
 from kubectl_zsniff.formats.pcapng import NameRecords, PacketRecord, read_capture
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.names.map import PodName
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions

@@ -11,7 +11,7 @@ from kubectl_zsniff.capture.run import TcpdumpReport
 from kubectl_zsniff.cli.console import status_line
 from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
 from kubectl_zsniff.formats.pcapng import PacketRecord, read_capture
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import OutputPipeline
 from tests.unit.capture_fixtures import require_tool, udp_frame

@@ -3,17 +3,19 @@ names, no packet lost or doubled between consecutive files, the ring never over 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.pcap import encode_pcap_header, encode_pcap_record
-from kubectl_zsniff.formats.pcapng import Interface, PacketRecord, read_capture
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.formats.pcapng import Interface, NameRecords, PacketRecord, read_capture
+from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.names.map import PodName
 from kubectl_zsniff.options import CaptureLimits, RotationOptions, TcpdumpOptions
@@ -176,3 +178,108 @@ def test_full_disk_is_a_clear_error_and_finished_files_stay_whole(tmp_path: Path
         assert joined == list(range(len(joined))) and len(files) >= 2
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_released_addresses_are_not_carried_into_each_new_file(tmp_path: Path) -> None:
+    """Pods come and go for the whole capture: each new file names the addresses owned when it
+    starts, not every address the capture ever saw (which grew each file's name table, and
+    the pipeline's, without end). Within a file, a release is still stated as it happens."""
+    book = NameBook(clock=lambda: 0.0)
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=20_000), [WEB], book)
+    pipe.feed(encode_pcap_header(1) + numbered_stream(0, 10))
+    for n in range(200):
+        key = ("pods", "tools", f"job-{n}")
+        book.set_object(key, [(f"10.244.2.{n}", PodName(f"tools/job-{n}", "tools"))], at=1.0)
+        pipe.feed(numbered_stream(10 + n * 3, 3))
+        book.set_object(key, [], at=2.0)
+    book.set_object(("pods", "tools", "client"),
+                    [("10.244.1.9", PodName("tools/client", "tools"))], at=3.0)
+    pipe.feed(numbered_stream(610, 100))
+    files = sink.close().files
+    assert len(files) > 5
+    first_names = []
+    for path in files:
+        tables = [e for e in read_capture(path.read_bytes(), allow_truncated=False)
+                  if isinstance(e, NameRecords)]
+        first_names.append({ip for ip, _ in tables[0].records})
+        stated = {ip: names[0] for t in tables for ip, names in t.records}
+        # a job released within this file is renamed to itself there, as before
+        assert all(name in (ip, f"tools/job-{ip.rsplit('.', 1)[1]}")
+                   for ip, name in stated.items() if ip.startswith("10.244.2.")), path
+    assert first_names[-1] == {"10.244.1.1", "10.244.1.9"}, first_names[-1]
+    assert max(len(names) for names in first_names) <= 4, [len(n) for n in first_names]
+    assert len(pipe._named) <= 4, pipe._named
+    assert "tools/client" in tshark_hosts(files[-1])
+    assert sorted(n for p in files for n in sequence(p)) == list(range(710))
+
+
+def test_an_address_reowned_in_one_file_carries_no_comment_in_the_next(tmp_path: Path) -> None:
+    """The owner comment says what a file named the address before; a new file names it once."""
+    book = NameBook(clock=lambda: 0.0)
+    book.set_object(("pods", "tools", "old"), [("10.244.1.9", PodName("tools/old", "tools"))],
+                    at=0.0)
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=30_000), [WEB], book)
+    pipe.feed(encode_pcap_header(1) + numbered_stream(0, 20))
+    book.set_object(("pods", "tools", "old"), [], at=1.0)
+    book.set_object(("pods", "tools", "new"), [("10.244.1.9", PodName("tools/new", "tools"))],
+                    at=1.0)
+    for first in range(20, 320, 10):  # chunks as a stream brings them
+        pipe.feed(numbered_stream(first, 10))
+    files = sink.close().files
+    assert len(files) >= 4
+
+    def comments(path: Path) -> list[str]:
+        return [e.comment for e in read_capture(path.read_bytes(), allow_truncated=False)
+                if isinstance(e, PacketRecord) and e.comment]
+
+    assert comments(files[0]) and "was tools/new" in comments(files[0])[0]
+    # (the chunk a file ends in was encoded for the file before: its tail keeps its comments)
+    for path in files[2:]:
+        assert not comments(path), path
+        assert "tools/new" in tshark_hosts(path)
+    assert not pipe._reowned
+
+
+class FullDisk:
+    """A file whose every write fails as on a full disk (its header cannot go in)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def test_a_new_file_whose_header_does_not_fit_is_removed_not_left_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills just as a file starts: an empty file is no pcapng (capinfos rejects it),
+    so it goes, and the error says the finished ones are intact."""
+    from kubectl_zsniff.sinks import rotate
+
+    real_open = rotate.open_output
+
+    def open_output(path: Path, buffering: int = 0) -> Any:
+        if path.name.endswith("-00003.pcapng"):
+            return FullDisk(path), True
+        return real_open(path, buffering=buffering)
+
+    monkeypatch.setattr(rotate, "open_output", open_output)
+    pipe, sink = rotated_capture(tmp_path, RotationOptions(size=20_000), [WEB])
+    pipe.feed(encode_pcap_header(1) + numbered_stream(0, 200))
+    assert pipe.failure is not None and pipe.failure.status == ExitStatus.OUTPUT_ERROR
+    assert "the 2 finished files before it are intact" in pipe.failure.message
+    assert "held no packet and was removed" in pipe.failure.message
+    assert "free some space" in pipe.failure.hint
+    files = sink.close().files
+    assert [p.name for p in files] == ["web-00001.pcapng", "web-00002.pcapng"]
+    assert not (tmp_path / "web-00003.pcapng").exists()
+    for path in files:
+        assert capinfos_packets(path) == len(sequence(path)) > 0
+    assert [n for p in files for n in sequence(p)] == list(range(len(sequence(files[0])) +
+                                                                 len(sequence(files[1]))))

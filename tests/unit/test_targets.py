@@ -171,7 +171,7 @@ def test_the_command_line_refuses_bad_targets_before_any_request(
 
 
 def test_a_host_network_pod_is_said_to_carry_the_nodes_traffic() -> None:
-    from kubectl_zsniff.kube.container import describe_pod
+    from kubectl_zsniff.kube.pod import describe_pod
 
     pod = {"metadata": {"namespace": "kube-system", "name": "proxy-1"},
            "spec": {"nodeName": "worker-1", "hostNetwork": True, "containers": [{"name": "p"}]},
