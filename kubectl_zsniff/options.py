@@ -77,6 +77,8 @@ class TcpdumpOptions:
     bpf_filter: str = ""
     promiscuous: bool = True
     buffer_kib: int = DEFAULT_BUFFER_KIB
+    # --compress: the pod gzips the stream (capture/compress.py), zsniff decompresses it.
+    compress: bool = False
 
     def argv(self, packet_count: int | None = None) -> list[str]:
         """tcpdump's arguments. Each is one argv element: nothing goes through a shell."""

@@ -20,6 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kubectl_zsniff.capture.compress import (
+    GzipStream,
+    compressed_capture_command,
+    compression_notes,
+    missing_compressor,
+)
 from kubectl_zsniff.capture.reconnect import Reconnector
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.pcap import encode_pcap_header
@@ -343,15 +349,18 @@ class PodStream:
         self.many = False  # several pods: progress lines name the pod
         self.reconnector = Reconnector(reconnect_for) if reconnect_for > 0 else None
         self.reconnecting = False
+        # --compress: the pod's gzip members decoded into the lane (capture/compress.py).
+        self.gzip: GzipStream | None = GzipStream(lane.feed) if tcpdump.compress else None
         self.session = self._session(limits.packet_count)
 
     def _session(self, packet_count: int | None) -> ExecSession:
         # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
         argv = self.tcpdump.argv(packet_count)
         enter = self.pod.uid if self.pod.via is not None else None
+        command = (compressed_capture_command if self.tcpdump.compress else capture_command)(
+            self.container, argv, enter)
         return ExecSession(
-            self.endpoint, *self._exec_place(),
-            capture_command(self.container, argv, enter), stdin=True,
+            self.endpoint, *self._exec_place(), command, stdin=True,
         )
 
     def _exec_place(self) -> tuple[str, str, str]:
@@ -367,6 +376,8 @@ class PodStream:
         count = self.limits.packet_count
         if count is not None:
             count = max(1, count - self.lane.pipeline.packets)
+        if self.gzip is not None:
+            self.gzip.restart()  # a new tcpdump, a new gzip stream: the old one may end cut
         self.session = self._session(count)
 
     async def connect(self) -> None:
@@ -378,12 +389,15 @@ class PodStream:
         stop = self.stop
         loop = asyncio.get_running_loop()
         stop_posted = False
+        gzip = self.gzip
+        feed = lane.feed if gzip is None else gzip.feed
 
         def on_stdout(chunk: memoryview) -> None:
             # In the stream's reader thread: the event loop only hears of a stop.
             nonlocal stop_posted
-            lane.feed(chunk)
-            if pipeline.stop_reason is not None and not stop_posted:
+            feed(chunk)
+            stopping = pipeline.stop_reason is not None or (gzip is not None and gzip.error)
+            if stopping and not stop_posted:
                 stop_posted = True
                 loop.call_soon_threadsafe(stop.set)
 
@@ -437,6 +451,8 @@ class PodStream:
                 await self.session.close()
         self.report.finish()
         result.packets = lane.packets
+        if gzip is not None:
+            result.notes += compression_notes(gzip)
         if self.given_up:
             result.notes.append("stopped waiting (Ctrl-C again): tcpdump was not checked")
             result.remote_stopped = None
@@ -444,7 +460,9 @@ class PodStream:
             result.remote_stopped = await self._until_given_up(
                 self.verify_stopped(result.notes), "checking that tcpdump stopped")
         result.given_up = self.given_up
-        if result.lost and not stop.is_set():
+        if gzip is not None and gzip.error is not None:
+            result.error = gzip.error
+        elif result.lost and not stop.is_set():
             tried = self.reconnector
             gave_up = ""
             if tried is not None:
@@ -472,8 +490,8 @@ class PodStream:
         ):
             if exec_result.exit_code is None:
                 self.report.errors.append(exec_result.failure_message or "")
-            result.error = tcpdump_failure(self.report, exec_result.exit_code, self.tcpdump,
-                                           self.pod, self.container)
+            result.error = missing_compressor(self.report.errors) or tcpdump_failure(
+                self.report, exec_result.exit_code, self.tcpdump, self.pod, self.container)
         return result
 
     def _lost(self, run_task: asyncio.Task[Any]) -> ZsniffError | None:

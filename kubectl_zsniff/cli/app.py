@@ -253,6 +253,19 @@ def _kube_options(func: Any) -> Any:
     help="Kernel capture buffer in KiB (tcpdump -B); raise it if packets are dropped.",
 )
 @click.option(
+    "--compress",
+    is_flag=True,
+    help="Gzip the stream in the pod (the image's busybox gzip and dd), decompress here: for an "
+    "API server link slower than the pod's traffic, when that traffic compresses (JSON, plain "
+    "HTTP: ~8x; TLS or random payloads: ~1.04x, no gain). The pod pays (its capture "
+    "container's CPU counts against the pod): ~0.05 CPU s per MB of pcap under a flood, ~0.11 "
+    "at 2 MB/s; where the node gives containers 8 KiB pipes ~0.25, and it then keeps only "
+    "~0.6-1.7 MB/s, less in a BestEffort pod on a busy node: then it loses to plain "
+    "capture over a 20 Mbit/s link (0.14x measured), as it does without spare CPU in the "
+    "pod. Packets are delayed a few ms "
+    "(bench/RESULTS.md).",
+)
+@click.option(
     "--count",
     "packet_count",
     type=click.IntRange(1),
@@ -507,7 +520,7 @@ def build_capture_options(**kw: Any) -> CaptureOptions:
         ),
         tcpdump=TcpdumpOptions(
             interface, kw["snaplen"], filter_text, not kw["no_promiscuous"],
-            kw["buffer_kib"],
+            kw["buffer_kib"], kw["compress"],
         ),
         limits=CaptureLimits(kw["packet_count"], kw["duration"], kw["max_size"]),
         output=OutputOptions(
