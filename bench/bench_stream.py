@@ -158,7 +158,7 @@ def client_main(args: argparse.Namespace) -> int:
         profiler.enable()
     started = time.perf_counter()
     result = asyncio.run(stream())
-    pipeline.close()
+    sink.close()
     seconds = time.perf_counter() - started
     if profiler is not None:
         import io

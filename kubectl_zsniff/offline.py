@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.formats.hosts import hosts_file_text
 from kubectl_zsniff.formats.pcap import PcapFormatError
 from kubectl_zsniff.formats.pcapng import (
     Interface,
@@ -116,13 +117,6 @@ def _interface(event: Interface, source_name: str, new_id: int) -> bytes:
         filter=event.filter,
         comment=event.comment,
     )
-
-
-def hosts_file_text(names: Mapping[str, str]) -> str:
-    """Wireshark's hosts file format (`tshark -H FILE -N n`, or the profile's `hosts`)."""
-    lines = [f"# kubectl-zsniff {__version__}: Kubernetes names for Wireshark"]
-    lines += [f"{ip}\t{name}" for ip, name in sorted(names.items(), key=lambda kv: kv[1])]
-    return "\n".join(lines) + "\n"
 
 
 def write_text_private(path: Path, text: str, flag: str = "-o") -> None:

@@ -33,6 +33,7 @@ from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT, capture_command
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
+from kubectl_zsniff.sinks.results import ClosedSink
 from kubectl_zsniff.wire.endpoint import ApiEndpoint
 from kubectl_zsniff.wire.execws import ExecSession, StreamLostError, exec_capture_output
 from kubectl_zsniff.words import plural
@@ -303,7 +304,7 @@ class CaptureSummary:
     names_written: int
     closed_sinks: list[str]
     notes: list[str]
-    sink_results: list[tuple[str, Any]]
+    sink_results: list[ClosedSink]
     error: ZsniffError | None = None
 
     @property

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kubectl_zsniff.capture.run import (
     CaptureRun,
@@ -52,6 +52,7 @@ from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.options import CaptureOptions, OutputFormat
 from kubectl_zsniff.sinks import Sink
 from kubectl_zsniff.sinks.file import refuse_overwrite
+from kubectl_zsniff.sinks.results import ClosedSink
 
 if TYPE_CHECKING:
     from kubectl_zsniff.capture.follow import Following
@@ -95,7 +96,7 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
 
                 if stdout is None:
                     raise ValueError("-w - needs the standard output stream")
-                sinks.append(StdoutSink(out.fmt.value, stdout))
+                sinks.append(StdoutSink(out.fmt, stdout))
             elif out.rotation.active:
                 from kubectl_zsniff.sinks.rotate import RotatingFileSink
 
@@ -103,7 +104,7 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
             else:
                 from kubectl_zsniff.sinks.file import FileSink
 
-                sinks.append(FileSink(out.path, out.fmt.value))
+                sinks.append(FileSink(out.path, out.fmt))
         if out.wireshark:
             from kubectl_zsniff.sinks.wireshark import WiresharkSink
 
@@ -129,9 +130,7 @@ def open_sinks(opts: CaptureOptions, title: str, book: NameBook | None,
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()
-            discard = getattr(sink, "discard_if_empty", None)
-            if discard is not None:
-                discard()
+            sink.discard_if_empty()
         raise
     return sinks
 
@@ -168,14 +167,13 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
     book, watcher = _load_names(kube, opts, reporter)
 
     sinks: list[Sink] = []
-    file_sink: Any = None  # a FileSink or a RotatingFileSink: removed if left empty
+    opened: list[Sink] = []  # kept past the close: a file left empty is removed at the end
     wrote_anything = False
     capture_pods = _CapturePods(kube, plan.capture_namespace, opts, reporter.progress)
     try:
         title = (f"node/{plan.node_name}" if plan.node_name
                  else _title([t.info for t in plan.targets], opts.target.selector))
-        sinks = open_sinks(opts, title, book, stdout, kube.context_name)
-        file_sink = next((s for s in sinks if hasattr(s, "discard_if_empty")), None)
+        sinks = opened = open_sinks(opts, title, book, stdout, kube.context_name)
         infos, containers = _lanes(kube, plan, capture_pods, opts, reporter)
         if watcher is not None:
             # Only now: the watches resume from the listed resourceVersion, so nothing is
@@ -209,9 +207,10 @@ def run_capture(opts: CaptureOptions, reporter: Reporter,
                 sink.close()
         if watcher is not None:
             watcher.stop()
-        if not wrote_anything and file_sink is not None:
+        if not wrote_anything:
             # Nothing captured because we failed before the stream: leave no empty file.
-            file_sink.discard_if_empty()
+            for sink in opened:
+                sink.discard_if_empty()
 
 
 def _load_names(kube: KubeClient, opts: CaptureOptions,
@@ -459,11 +458,11 @@ def _ensure_containers(
         return list(pool.map(one, targets))
 
 
-def _close_sinks(sinks: list[Sink], summary: CaptureSummary) -> list[tuple[str, Any]]:
-    results: list[tuple[str, Any]] = []
+def _close_sinks(sinks: list[Sink], summary: CaptureSummary) -> list[ClosedSink]:
+    results: list[ClosedSink] = []
     for sink in sinks:
         try:
-            results.append((sink.label, sink.close()))
+            results.append(ClosedSink(sink.label, sink.close()))
         except ZsniffError as err:
             summary.notes.append(f"{sink.label}: {err.message}")
             if summary.error is None:

@@ -1049,37 +1049,20 @@ def _is_capture(path: str) -> bool:
 
 
 def _read_hosts(path: str) -> dict[str, str]:
-    """A Wireshark-style hosts file: `IP NAME` per line, # comments."""
-    names: dict[str, str] = {}
+    """A Wireshark-style hosts file (formats/hosts.py), its faults said as --names-from's."""
+    from kubectl_zsniff.formats.hosts import HostsFormatError, parse_hosts
+
+    hint = "give a hosts file (kubectl zsniff hosts -o FILE writes one) or a zsniff pcapng"
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        names = parse_hosts(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ZsniffError(f"cannot read {path}: {exc.strerror}",
                           "check the path given to --names-from",
                           ExitStatus.USAGE) from exc
-    import ipaddress
-
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        try:
-            address = str(ipaddress.ip_address(fields[0]))
-        except ValueError:
-            address = ""
-        if len(fields) < 2 or not address:
-            raise ZsniffError(
-                f"{path}, line {number}, is not a hosts entry (`IP NAME`): {line.strip()[:80]!r}",
-                "give a hosts file (kubectl zsniff hosts -o FILE writes one) or a zsniff pcapng",
-                ExitStatus.USAGE,
-            )
-        names[address] = fields[1]
+    except HostsFormatError as exc:
+        raise ZsniffError(f"{path}, {exc}", hint, ExitStatus.USAGE) from exc
     if not names:
-        raise ZsniffError(
-            f"{path} holds no names",
-            "give a hosts file (kubectl zsniff hosts -o FILE writes one) or a zsniff pcapng",
-            ExitStatus.USAGE,
-        )
+        raise ZsniffError(f"{path} holds no names", hint, ExitStatus.USAGE)
     return names
 
 

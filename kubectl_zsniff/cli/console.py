@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from kubectl_zsniff.errors import ZsniffError
+from kubectl_zsniff.sinks.results import BytesWritten, ClosedSink, RotationResult, ZeekSummary
 from kubectl_zsniff.words import plural
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+
+    from kubectl_zsniff.capture.run import CaptureSummary
+    from kubectl_zsniff.options import CaptureOptions
 
 
 def human_bytes(n: float) -> str:
@@ -51,8 +58,8 @@ class ConsoleReporter:
         # terminal meanwhile. The terminal view's rows come from another process (on stdout),
         # which the redraw cannot know of, and would glue onto it.
         self.live = live
-        self._live: Any = None
-        self._console: Any = None
+        self._live: Live | None = None
+        self._console: Console | None = None
         # One writer: several pods are prepared in parallel threads, and each line must reach
         # the terminal whole (print() writes the text and its newline separately).
         self._lock = threading.RLock()
@@ -62,7 +69,7 @@ class ConsoleReporter:
             self.stream.write(text + "\n")
             self.stream.flush()
 
-    def _rich(self) -> Any:
+    def _rich(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
@@ -98,7 +105,7 @@ class ConsoleReporter:
                 self._live.stop()
                 self._live = None
 
-    def summary(self, summary: Any, opts: Any) -> None:
+    def summary(self, summary: CaptureSummary, opts: CaptureOptions) -> None:
         if self.quiet:
             return
         pods = summary.pods
@@ -130,10 +137,10 @@ class ConsoleReporter:
                 parts.append(f"wrote {out.path} ({out.fmt.value})")
             else:
                 parts.append(f"nothing captured, so no {out.path} was left")
-        for label, result in summary.sink_results:
-            if failed and label == "file":
+        for closed in summary.sink_results:
+            if failed and closed.label == "file":
                 continue
-            text = _sink_result_text(label, result)
+            text = sink_result_text(closed)
             if text:
                 parts.append(text)
         if summary.closed_sinks:
@@ -156,30 +163,33 @@ class ConsoleReporter:
                 self._line(f"hint: {err.hint}")
 
 
-def _sink_result_text(label: str, result: Any) -> str:
-    if result is None or isinstance(result, int):
+def sink_result_text(closed: ClosedSink) -> str:
+    """One sink's part of the summary; "" when it has nothing to add to the counts."""
+    label, result = closed.label, closed.result
+    if isinstance(result, BytesWritten):
         return ""
-    if hasattr(result, "dropped_packets") and hasattr(result, "total_packets"):
-        if result.dropped_packets:
-            return (f"{label} skipped {result.dropped_packets:,} of "
-                    f"{plural(result.total_packets, 'packet')} to keep up (the file has them all)")
-        return ""
-    if hasattr(result, "removed") and hasattr(result, "files"):  # a rotated capture
+    if isinstance(result, RotationResult):
         files = result.files
         if not files:
             return "nothing captured, so no file was left"
         span = files[0].name if len(files) == 1 else f"{files[0].name} ... {files[-1].name}"
         removed = f" ({result.removed:,} older removed by --ring)" if result.removed else ""
         return f"wrote {plural(len(files), 'file')} {span} (pcapng){removed}"
-    if hasattr(result, "returncode") and hasattr(result, "files"):
-        files = result.files
-        named = ", ".join(getattr(f, "path", Path(str(f))).name for f in files) or "no logs"
-        text = f"{label} logs in {result.directory}: {named}"
-        if getattr(result, "json_lines", None) is not None:
-            text = (f"{label}: {plural(result.json_lines, 'JSON line')} to {result.json_to}"
-                    + (f"; {text}" if files else ""))
-        counts = getattr(result, "counts", None)
-        if counts is not None:
-            text += f" (rows kept/dropped: {counts.text() or 'none'})"
-        return text
-    return f"{label}: {result}"
+    if isinstance(result, ZeekSummary):
+        return _zeek_text(label, result)
+    if result.dropped_packets:
+        return (f"{label} skipped {result.dropped_packets:,} of "
+                f"{plural(result.total_packets, 'packet')} to keep up (the file has them all)")
+    return ""
+
+
+def _zeek_text(label: str, result: ZeekSummary) -> str:
+    files = result.files
+    named = ", ".join(f.path.name for f in files) or "no logs"
+    text = f"{label} logs in {result.directory}: {named}"
+    if result.json_lines is not None:
+        text = (f"{label}: {plural(result.json_lines, 'JSON line')} to {result.json_to}"
+                + (f"; {text}" if files else ""))
+    if result.counts is not None:
+        text += f" (rows kept/dropped: {result.counts.text() or 'none'})"
+    return text

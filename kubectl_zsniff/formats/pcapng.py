@@ -441,6 +441,7 @@ class PcapngPacketEncoder:
         overhead: int,
     ) -> PcapFeed:
         """feed_pcap's walk with the packet and byte limits checked per record."""
+        # Over 60 lines for the reason feed_pcap's walk is: the per-record work stays inline.
         unpack = parser.record_struct.unpack_from
         max_caplen = parser.max_caplen
         assert max_caplen is not None

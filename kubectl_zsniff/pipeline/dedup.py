@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Hashable
 
 from kubectl_zsniff.pipeline.packetaddr import network_offset
+from kubectl_zsniff.words import plural
 
 DEFAULT_WINDOW_NS = 200_000_000
 _ETHERTYPE_IPV4 = 0x0800
@@ -84,6 +85,12 @@ class Deduplicator:
         entries.append(_Seen(ts_ns, where))
         self._order.append((ts_ns, key))
         return False
+
+    def note(self) -> str:
+        """What it dropped, for the summary."""
+        return (f"--dedup: {plural(self.dropped, 'copy', 'copies')} of packets seen at both "
+                "ends dropped (the same IP packet on another pod's interface within "
+                f"{self.window_ns / 1e6:g} ms)")
 
     def __len__(self) -> int:
         """Packets remembered now (memory: one 16-byte key and a few objects each)."""

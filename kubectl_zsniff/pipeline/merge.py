@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from kubectl_zsniff.words import plural
+
 T = TypeVar("T")
 
 DEFAULT_WINDOW_NS = 250_000_000
@@ -103,6 +105,21 @@ class ReorderWindow(Generic[T]):
         out = [self._pop() for _ in range(len(self._heap))]
         self._arrivals.clear()
         return out
+
+    def notes(self) -> list[str]:
+        """What the window did that the user may want to know, for the summary."""
+        stats = self.stats
+        notes = []
+        if stats.late:
+            notes.append(
+                f"{plural(stats.late, 'packet')} left the {self.window_ns / 1e6:g} ms "
+                "reorder window out of time order (their pod's stream lagged the others by "
+                f"more than the window; up to {stats.max_backstep_ns / 1e6:.1f} ms back)")
+        if stats.forced:
+            notes.append(
+                f"{plural(stats.forced, 'packet')} left the reorder window early: it was full "
+                f"({self.max_bytes // (1024 * 1024)} MiB)")
+        return notes
 
     def _raise(self, mark: int | None) -> None:
         if mark is not None and (self._watermark is None or mark > self._watermark):

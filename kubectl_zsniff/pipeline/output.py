@@ -11,41 +11,25 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Sequence
-from enum import Enum
-from typing import Any
 
-from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.detect import PCAP_HEADER_LENGTH
 from kubectl_zsniff.formats.pcap import Packet, PcapHeader, PcapStreamParser
-from kubectl_zsniff.formats.pcapng import (
-    PcapngPacketEncoder,
-    enhanced_packet_block,
-    interface_description_block,
-    name_resolution_block,
-    section_header_block,
-)
+from kubectl_zsniff.formats.pcapng import PcapngPacketEncoder, enhanced_packet_block
 from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.names.book import NameBook
-from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
+from kubectl_zsniff.options import CaptureLimits, OutputFormat, TcpdumpOptions
 from kubectl_zsniff.pipeline.dedup import DEFAULT_WINDOW_NS as DEDUP_WINDOW_NS
 from kubectl_zsniff.pipeline.dedup import Deduplicator, packet_key
+from kubectl_zsniff.pipeline.fanout import FanOut
+from kubectl_zsniff.pipeline.headers import interface_block, section_header
+from kubectl_zsniff.pipeline.limits import OutputBudget
 from kubectl_zsniff.pipeline.merge import DEFAULT_WINDOW_NS, ReorderWindow
-from kubectl_zsniff.pipeline.packetaddr import ip_addresses
-from kubectl_zsniff.sinks import ReaderClosed, ReaderStalled, Sink
-from kubectl_zsniff.words import plural
+from kubectl_zsniff.pipeline.naming import StatedNames
+from kubectl_zsniff.pipeline.stop import StopReason
+from kubectl_zsniff.sinks import Sink
 
-
-class StopReason(str, Enum):
-    FINISHED = "tcpdump finished"
-    PACKET_LIMIT = "packet limit reached"
-    DURATION = "duration reached"
-    SIZE_LIMIT = "size limit reached"
-    INTERRUPTED = "interrupted (Ctrl-C)"
-    TERMINATED = "terminated (SIGTERM)"
-    READER_CLOSED = "the reader went away"
-    STREAM_LOST = "the connection was lost"
-    OUTPUT_FAILED = "writing the output failed"
+__all__ = ["Lane", "OutputPipeline", "StopReason"]
 
 
 class Lane:
@@ -87,12 +71,16 @@ class Lane:
             try:
                 pipeline._feed(self, chunk)
             except ZsniffError as err:
-                pipeline.failure = err
-                pipeline.stop_reason = StopReason.OUTPUT_FAILED
+                pipeline._fail(err)
 
 
 class OutputPipeline:
-    """Shared by every pod of a capture: sinks, limits, names, counters."""
+    """Shared by every pod of a capture: lanes in, sinks out; the counters the summary reads.
+
+    The parts: `names` (the NRBs, pipeline/naming.py), `budget` (--count, --max-size),
+    `fanout` (the sinks), the reorder window and dedup (merge.py, dedup.py), the block
+    headers (headers.py). What stays here is the hot path that ties them together.
+    """
 
     #: pcapng straight from raw pcap records (PcapngPacketEncoder.feed_pcap). False sends every
     #: packet through Packet objects: the reference the fused path is tested against.
@@ -110,42 +98,63 @@ class OutputPipeline:
     ) -> None:
         pods = [pod] if isinstance(pod, PodInfo) else list(pod)
         containers = [container] if isinstance(container, str) else list(container)
-        self.sinks = list(sinks)
         self.context = context
         self.opts = opts
-        self.limits = limits
-        self.book = book
         self.lanes = [Lane(self, p, c) for p, c in zip(pods, containers, strict=True)]
         # Held while a lane writes: lanes are fed from their streams' reader threads.
         self.lock = threading.Lock()
-        self.wants_pcap = any(s.fmt == "pcap" for s in self.sinks)
-        self.wants_pcapng = any(s.fmt == "pcapng" for s in self.sinks)
+        self.stop_reason: StopReason | None = None
+        self.failure: ZsniffError | None = None
+        self.notes: list[str] = []
+        self.fanout = FanOut(sinks, note=self.notes.append, failed=self._reader_failed,
+                             lost_all=self._readers_gone)
+        self.wants_pcap = self.fanout.wants_pcap
+        self.wants_pcapng = self.fanout.wants_pcapng
+        self.budget = OutputBudget(limits, pcap_counted=self.wants_pcap)
         # Packet objects are needed for pcapng and for exact limits; plain splitting otherwise.
-        self.split_only = (
-            not self.wants_pcapng and limits.max_bytes is None and limits.packet_count is None
-        )
+        self.split_only = not self.wants_pcapng and self.budget.unlimited
+        self.names = StatedNames(book)
         self.packets = 0
         self.data_bytes = 0
         self.output_bytes = 0
-        self.stop_reason: StopReason | None = None
-        self.failure: ZsniffError | None = None
-        self.closed_sinks: list[str] = []
-        self.notes: list[str] = []
-        self.names_written = 0
         self._section_started = False
         self._pcap_header: PcapHeader | None = None
         self._next_interface = 0
-        # Names as this file states them so far, and addresses whose owner changed within it.
-        self._named: dict[str, str] = {}
-        self._reowned: dict[str, str] = {}
         # Several pods: packets in time order through a reorder window (merge_in_time_order).
         self.merger: ReorderWindow[tuple[Lane, Packet]] | None = None
         self.dedup: Deduplicator | None = None  # both ends captured once (deduplicate)
-        for sink in self.sinks:
+        for sink in self.fanout.sinks:
             # A sink that starts files of its own (rotation) starts each with these blocks.
-            bind = getattr(sink, "bind_preamble", None)
-            if bind is not None:
-                bind(self.file_preamble)
+            sink.bind_preamble(self.file_preamble)
+
+    @property
+    def names_written(self) -> int:
+        return self.names.written
+
+    @property
+    def closed_sinks(self) -> list[str]:
+        return self.fanout.closed_by_reader
+
+    @property
+    def accepting(self) -> bool:
+        return self.stop_reason is None and bool(self.fanout.sinks)
+
+    def add_lane(self, pod: PodInfo, container: str) -> Lane:
+        """A pod that joins while capturing (a workload's new replica). Its interface is
+        written when its stream's header comes, as the first pods' are (pcapng allows an
+        interface anywhere in a section before its first packet), with its own name."""
+        with self.lock:
+            lane = Lane(self, pod, container)
+            self.lanes.append(lane)
+            return lane
+
+    def feed(self, chunk: memoryview | bytes) -> None:
+        """Feed the first (for a one-pod capture, the only) pod's stream."""
+        self.lanes[0].feed(chunk)
+
+    def _fail(self, err: ZsniffError) -> None:
+        self.failure = err
+        self.stop_reason = StopReason.OUTPUT_FAILED
 
     # -- several pods in time order (pipeline/merge.py) ------------------------------------
 
@@ -153,6 +162,17 @@ class OutputPipeline:
         """Write the packets of several pods by timestamp, through a reorder window. Packets
         then go through Packet objects (not the fused one-pod path)."""
         self.merger = ReorderWindow(window_ns)
+
+    def deduplicate(self, window_ns: int = DEDUP_WINDOW_NS) -> None:
+        """Write a packet seen at both ends (leaving one captured pod, entering another) once
+        (pipeline/dedup.py). Needs the time order: merging is switched on too."""
+        if self.merger is None:
+            self.merge_in_time_order()
+        self.dedup = Deduplicator(window_ns)
+
+    @property
+    def copies_dropped(self) -> int:
+        return self.dedup.dropped if self.dedup is not None else 0
 
     def _feed_merged(self, lane: Lane, chunk: memoryview | bytes) -> None:
         merger = self.merger
@@ -165,17 +185,6 @@ class OutputPipeline:
             for packet in packets:
                 merger.push(packet.ts_ns(nanosecond), packet.caplen, (lane, packet))
         self._release(merger.ready())
-
-    def deduplicate(self, window_ns: int = DEDUP_WINDOW_NS) -> None:
-        """Write a packet seen at both ends (leaving one captured pod, entering another) once
-        (pipeline/dedup.py). Needs the time order: merging is switched on too."""
-        if self.merger is None:
-            self.merge_in_time_order()
-        self.dedup = Deduplicator(window_ns)
-
-    @property
-    def copies_dropped(self) -> int:
-        return self.dedup.dropped if self.dedup is not None else 0
 
     def _release(self, held: list[tuple[Lane, Packet]]) -> None:
         """Write packets that left the window, in their order: runs of one lane at a time."""
@@ -218,44 +227,14 @@ class OutputPipeline:
             if self.accepting:
                 self._release_guarded(held)
         if self.dedup is not None:
-            self.notes.append(
-                f"--dedup: {plural(self.dedup.dropped, 'copy', 'copies')} of packets seen at "
-                "both ends dropped (the same IP packet on another pod's interface within "
-                f"{self.dedup.window_ns / 1e6:g} ms)")
-        stats = merger.stats
-        if stats.late:
-            self.notes.append(
-                f"{plural(stats.late, 'packet')} left the {merger.window_ns / 1e6:g} ms "
-                "reorder window out of time order (their pod's stream lagged the others by "
-                f"more than the window; up to {stats.max_backstep_ns / 1e6:.1f} ms back)")
-        if stats.forced:
-            self.notes.append(
-                f"{plural(stats.forced, 'packet')} left the reorder window early: it was full "
-                f"({merger.max_bytes // (1024 * 1024)} MiB)")
+            self.notes.append(self.dedup.note())
+        self.notes.extend(merger.notes())
 
     def _release_guarded(self, held: list[tuple[Lane, Packet]]) -> None:
         try:
             self._release(held)
         except ZsniffError as err:
-            self.failure = err
-            self.stop_reason = StopReason.OUTPUT_FAILED
-
-    def add_lane(self, pod: PodInfo, container: str) -> Lane:
-        """A pod that joins while capturing (a workload's new replica). Its interface is
-        written when its stream's header comes, as the first pods' are (pcapng allows an
-        interface anywhere in a section before its first packet), with its own name."""
-        with self.lock:
-            lane = Lane(self, pod, container)
-            self.lanes.append(lane)
-            return lane
-
-    @property
-    def accepting(self) -> bool:
-        return self.stop_reason is None and bool(self.sinks)
-
-    def feed(self, chunk: memoryview | bytes) -> None:
-        """Feed the first (for a one-pod capture, the only) pod's stream."""
-        self.lanes[0].feed(chunk)
+            self._fail(err)
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -275,7 +254,7 @@ class OutputPipeline:
                 self._count(lane, count, lane.parser.data_bytes - lane.data_bytes)
                 self._write(pcap=raw if lane.pcap_compatible else b"", pcapng=b"")
             return
-        if self.wants_pcapng and self.fused_pcapng and not self._reowned:
+        if self.wants_pcapng and self.fused_pcapng and not self.names.reowned:
             self._feed_fused(lane, chunk)
             return
         packets = lane.parser.feed(chunk)
@@ -302,16 +281,14 @@ class OutputPipeline:
             self._start_lane_if_needed(lane)
         encoder = lane.encoder
         assert encoder is not None
-        limits = self.limits
-        max_bytes = limits.max_bytes
+        budget = self.budget
+        max_packets, max_bytes = budget.packet_count, budget.max_bytes
         parts: list[bytes | memoryview] = [b""]  # [0]: the names, once packets are known
         fed = encoder.feed_pcap(
-            parser,
-            chunk,
-            parts,
-            max_packets=None if limits.packet_count is None else limits.packet_count - self.packets,
+            parser, chunk, parts,
+            max_packets=None if max_packets is None else max_packets - self.packets,
             max_bytes=None if max_bytes is None else max_bytes - self.output_bytes,
-            overhead=16 if self.wants_pcap else 32,
+            overhead=budget.overhead,
         )
         if fed.stop == "packets":
             self.stop_reason = StopReason.PACKET_LIMIT
@@ -320,12 +297,12 @@ class OutputPipeline:
         if not fed.packets:
             return
         self._count(lane, fed.packets, fed.data_bytes)
-        names = self._name_updates()
-        if self._reowned:
+        names = self.names.updates()
+        if self.names.reowned:
             # An owner changed just now: these packets may need comments; rare, so rebuild
             # them as Packets from the raw records and take the general route.
             parts = [names] if names else []
-            self._extend_with_owner_comments(lane, _packets_of(fed.raw, parser), parts)
+            self._encode_into(lane, _packets_of(fed.raw, parser), parts)
         else:
             parts[0] = names
         pcap: bytes | memoryview = b""
@@ -342,37 +319,29 @@ class OutputPipeline:
             return
         assert lane.header is not None
         if (header.linktype, header.nanosecond) != (lane.header.linktype, lane.header.nanosecond):
-            self.failure = ZsniffError(
+            self._fail(ZsniffError(
                 f"{lane.pod.namespace}/{lane.pod.name}: tcpdump's link type changed across a "
-                "reconnect", "run the capture again", ExitStatus.CAPTURE_FAILED)
-            self.stop_reason = StopReason.OUTPUT_FAILED
+                "reconnect", "run the capture again", ExitStatus.CAPTURE_FAILED))
             return
         packets = self._apply_limits(packets)
         if not packets:
             return
         comment, lane.gap_comment = lane.gap_comment, None
+        assert comment is not None
         self._count(lane, len(packets), sum(p.caplen for p in packets))
         pcapng = b""
         if self.wants_pcapng:
             encoder = lane.encoder
-            assert encoder is not None and comment is not None
+            assert encoder is not None
             first = packets[0]
-            parts: list[bytes | memoryview] = []
-            names = self._name_updates()
-            if names:
-                parts.append(names)
+            names = self.names.updates()
+            parts: list[bytes | memoryview] = [names] if names else []
             parts.append(enhanced_packet_block(
                 encoder.interface_id, encoder.ts_units(first), first.caplen, first.origlen,
                 first.data, comment))
-            if self._reowned:
-                self._extend_with_owner_comments(lane, packets[1:], parts)
-            else:
-                encoder.extend_parts(packets[1:], parts)
+            self._encode_into(lane, packets[1:], parts)
             pcapng = b"".join(parts)
-        pcap = b""
-        if self.wants_pcap and lane.pcap_compatible:
-            pcap = b"".join(_pcap_records(packets, lane.header))
-        self._write(pcap=pcap, pcapng=pcapng)
+        self._write(pcap=self._pcap_of(lane, packets), pcapng=pcapng)
 
     def _encode_packets(self, lane: Lane, packets: list[Packet]) -> None:
         if not packets:
@@ -380,20 +349,26 @@ class OutputPipeline:
         self._count(lane, len(packets), sum(p.caplen for p in packets))
         pcapng = b""
         if self.wants_pcapng:
-            assert lane.encoder is not None
-            parts: list[bytes | memoryview] = []
-            names = self._name_updates()
-            if names:
-                parts.append(names)
-            if self._reowned:
-                self._extend_with_owner_comments(lane, packets, parts)
-            else:
-                lane.encoder.extend_parts(packets, parts)
+            names = self.names.updates()
+            parts: list[bytes | memoryview] = [names] if names else []
+            self._encode_into(lane, packets, parts)
             pcapng = b"".join(parts)
-        pcap = b""
-        if self.wants_pcap and lane.pcap_compatible:
-            pcap = b"".join(_pcap_records(packets, lane.header))
-        self._write(pcap=pcap, pcapng=pcapng)
+        self._write(pcap=self._pcap_of(lane, packets), pcapng=pcapng)
+
+    def _encode_into(self, lane: Lane, packets: Sequence[Packet],
+                     parts: list[bytes | memoryview]) -> None:
+        """The EPBs of `packets`, with owner comments once any address was re-owned."""
+        encoder = lane.encoder
+        assert encoder is not None and lane.header is not None
+        if self.names.reowned:
+            self.names.owner_commented(encoder, lane.header.linktype, packets, parts)
+        else:
+            encoder.extend_parts(packets, parts)
+
+    def _pcap_of(self, lane: Lane, packets: Sequence[Packet]) -> bytes:
+        if not self.wants_pcap or not lane.pcap_compatible:
+            return b""
+        return b"".join(_pcap_records(packets, lane.header))
 
     def _count(self, lane: Lane, packets: int, data_bytes: int) -> None:
         lane.packets += packets
@@ -402,22 +377,13 @@ class OutputPipeline:
         lane.data_bytes += data_bytes
 
     def _apply_limits(self, packets: list[Packet]) -> list[Packet]:
-        limit = self.limits.packet_count
-        if limit is not None and self.packets + len(packets) >= limit:
-            packets = packets[: limit - self.packets]
-            self.stop_reason = StopReason.PACKET_LIMIT
-        max_bytes = self.limits.max_bytes
-        if max_bytes is not None:
-            kept = []
-            size = self.output_bytes
-            for packet in packets:
-                size += 16 + packet.caplen if self.wants_pcap else 32 + packet.caplen
-                if size > max_bytes:
-                    self.stop_reason = StopReason.SIZE_LIMIT
-                    break
-                kept.append(packet)
-            packets = kept
-        return packets
+        budget = self.budget
+        if budget.packet_count is None and budget.max_bytes is None:
+            return packets  # the common case, once per chunk: no call
+        kept, reason = budget.trim(packets, self.packets, self.output_bytes)
+        if reason is not None:
+            self.stop_reason = reason
+        return kept
 
     # -- headers ---------------------------------------------------------------------------
 
@@ -425,211 +391,74 @@ class OutputPipeline:
         if lane.header is not None or lane.parser.header is None:
             return
         header = lane.header = lane.parser.header
-        pcap = b""
-        if self.wants_pcap:
-            first = self._pcap_header
-            if first is None:
-                self._pcap_header = header
-                pcap = bytes(lane._raw_header[:PCAP_HEADER_LENGTH])
-            elif (first.linktype, first.nanosecond, first.byte_order) != (
-                header.linktype, header.nanosecond, header.byte_order
-            ):
-                # Classic pcap has one link type and one time resolution for the whole file.
-                lane.pcap_compatible = False
-                self.notes.append(
-                    f"{lane.pod.namespace}/{lane.pod.name}: link type {header.linktype} cannot "
-                    "join the classic pcap stream (it is in the pcapng outputs only)"
-                )
+        pcap = self._join_pcap_stream(lane, header) if self.wants_pcap else b""
         pcapng = b""
         if self.wants_pcapng:
             parts = []
             if not self._section_started:
-                parts.append(self._section_preamble())
+                self._section_started = True
+                parts.append(self._section_header())
+                parts.append(self.names.opening([lane.pod for lane in self.lanes]))
             lane.interface_id = self._next_interface
             self._next_interface += 1
             lane.encoder = PcapngPacketEncoder(
                 lane.interface_id, packet_nanosecond=header.nanosecond
             )
-            parts.append(self._interface_block(lane, header))
-            parts.append(self._lane_names(lane))
+            parts.append(interface_block(lane.pod, lane.container, header, self.opts))
+            parts.append(self.names.for_pod(lane.pod))
             pcapng = b"".join(parts)
         self._write(pcap=pcap, pcapng=pcapng)
+
+    def _join_pcap_stream(self, lane: Lane, header: PcapHeader) -> bytes:
+        """The classic pcap stream's header when this lane is the first; b"" after it, and
+        the lane left out when its link type or time resolution differs from the first's."""
+        first = self._pcap_header
+        if first is None:
+            self._pcap_header = header
+            return bytes(lane._raw_header[:PCAP_HEADER_LENGTH])
+        if (first.linktype, first.nanosecond, first.byte_order) != (
+            header.linktype, header.nanosecond, header.byte_order
+        ):
+            # Classic pcap has one link type and one time resolution for the whole file.
+            lane.pcap_compatible = False
+            self.notes.append(
+                f"{lane.pod.namespace}/{lane.pod.name}: link type {header.linktype} cannot "
+                "join the classic pcap stream (it is in the pcapng outputs only)"
+            )
+        return b""
+
+    def _section_header(self) -> bytes:
+        return section_header([(lane.pod, lane.container) for lane in self.lanes],
+                              self.context, self.opts)
 
     def file_preamble(self) -> bytes:
         """What a new file of this capture starts with, so that it can be read alone: the
         section header, the interface of every pod started so far (same ids), and one name
         table with every name this capture has stated. Called with the lock held."""
-        if sum(sink.fmt == "pcapng" for sink in self.sinks) == 1:
-            self._fresh_file_names()
-        parts = [self._section_header()]
-        entries = [(ip, [name]) for ip, name in sorted(self._named.items())]
-        if entries:
-            parts.append(name_resolution_block(entries))
+        if sum(sink.fmt == OutputFormat.PCAPNG for sink in self.fanout.sinks) == 1:
+            self.names.fresh_file()
+        parts = [self._section_header(), self.names.table()]
         started = sorted((lane for lane in self.lanes if lane.interface_id is not None),
                          key=lambda lane: lane.interface_id or 0)
         for lane in started:
             assert lane.header is not None
-            parts.append(self._interface_block(lane, lane.header))
+            parts.append(interface_block(lane.pod, lane.container, lane.header, self.opts))
         return b"".join(parts)
-
-    def _fresh_file_names(self) -> None:
-        """A new file names each address once, as it is now: an address released since (named
-        itself) needs no name there, and none has changed owner in it yet. So over hours of
-        pods coming and going this holds the addresses that have an owner, not every one the
-        capture saw, and each file's name table stays as large as the cluster. Only when the
-        files are the one pcapng output: a live Wireshark beside them reads one stream, whose
-        history (a reused address's comment) this would cut short."""
-        self._named = {ip: name for ip, name in self._named.items() if name != ip}
-        self._reowned.clear()
-
-    def _section_preamble(self) -> bytes:
-        self._section_started = True
-        parts = [self._section_header()]
-        entries = self._all_names()
-        if entries:
-            parts.append(name_resolution_block(entries))
-            self.names_written += len(entries)
-        return b"".join(parts)
-
-    def _section_header(self) -> bytes:
-        pods = ", ".join(lane.pod.title for lane in self.lanes)
-        first = self.lanes[0].pod
-        if len(self.lanes) == 1:
-            where = (
-                f"namespace {first.namespace}; pod {first.name}; node {first.node or '-'}; "
-                f"container {self.lanes[0].container}"
-            )
-        else:
-            where = f"pods {pods}"
-        comment = (
-            f"kubectl-zsniff {__version__}; context {self.context or '-'}; {where}; "
-            f"interface {self.opts.interface}"
-            + (f"; filter {self.opts.bpf_filter}" if self.opts.bpf_filter else "")
-        )
-        return section_header_block(comment, userappl=f"kubectl-zsniff {__version__}")
-
-    def _interface_block(self, lane: Lane, header: PcapHeader) -> bytes:
-        pod = lane.pod
-        return interface_description_block(
-            header.linktype,
-            header.snaplen,
-            name=pod.title,
-            description=(
-                f"node {pod.node or '-'}, "
-                + (f"capture pod {pod.namespace}/{pod.name}, " if pod.label else "")
-                + (f"from capture pod {pod.via.namespace}/{pod.via.pod} in the pod's network "
-                   "namespace, " if pod.via is not None else "")
-                + f"container {lane.container}, "
-                f"interface {self.opts.interface}"
-            ),
-            tsresol_nanos=header.nanosecond,
-            filter=self.opts.bpf_filter or None,
-        )
-
-    # -- names -----------------------------------------------------------------------------
-
-    def _all_names(self) -> list[tuple[str, list[str]]]:
-        table: dict[str, str] = {}
-        if self.book is not None:
-            table.update({ip: owner.name for ip, owner in self.book.current().items()})
-            self.book.drain_changes()
-        # The captured pods are always named, even when listing pods was not allowed.
-        for lane in self.lanes:
-            for ip in lane.pod.pod_ips:
-                table.setdefault(ip, lane.pod.title)
-        self._named.update(table)
-        return [(ip, [name]) for ip, name in sorted(table.items())]
-
-    def _lane_names(self, lane: Lane) -> bytes:
-        """An NRB for a pod's own addresses when the file does not name them so yet: a pod
-        that joined later may be newer than what the name watch has told."""
-        name = lane.pod.title
-        entries = [(ip, [name]) for ip in lane.pod.pod_ips if self._named.get(ip) != name]
-        if not entries:
-            return b""
-        for ip, _ in entries:
-            if ip in self._named:
-                self._reowned[ip] = name
-            self._named[ip] = name
-        self.names_written += len(entries)
-        return name_resolution_block(entries)
-
-    def _name_updates(self) -> bytes:
-        """An NRB for addresses that appeared or changed owner since the last packets."""
-        if self.book is None:
-            return b""
-        entries: list[tuple[str, list[str]]] = []
-        for change in self.book.drain_changes():
-            ip = change.ip
-            previous = self._named.get(ip)
-            # A released address is renamed to itself so that a new, not yet known owner's
-            # packets never show the old pod's name.
-            name = change.name.name if change.name is not None else ip
-            if previous == name or (previous is None and change.name is None):
-                continue
-            if previous is not None:
-                self._reowned[ip] = name
-            self._named[ip] = name
-            entries.append((ip, [name]))
-        if not entries:
-            return b""
-        self.names_written += len(entries)
-        return name_resolution_block(entries)
-
-    def _extend_with_owner_comments(
-        self, lane: Lane, packets: Sequence[Packet], parts: list[bytes | memoryview]
-    ) -> None:
-        """Packets touching a re-owned address carry its owner at capture time as a comment.
-
-        One-pass readers (tshark, a live Wireshark) already apply each NRB from where it
-        stands; a two-pass reader (Wireshark opening the file) keeps one name per address,
-        the last: the comment keeps the truth visible there.
-        """
-        encoder, header = lane.encoder, lane.header
-        assert encoder is not None and header is not None
-        reowned = self._reowned
-        plain: list[Packet] = []
-        for packet in packets:
-            addresses = ip_addresses(header.linktype, packet.data)
-            touched = [ip for ip in addresses or () if ip in reowned]
-            if not touched:
-                plain.append(packet)
-                continue
-            if plain:
-                encoder.extend_parts(plain, parts)
-                plain = []
-            comment = "; ".join(
-                f"zsniff: {ip} was {reowned[ip]} at capture time" for ip in dict.fromkeys(touched)
-            )
-            parts.append(
-                enhanced_packet_block(
-                    encoder.interface_id, encoder.ts_units(packet), packet.caplen,
-                    packet.origlen, packet.data, comment,
-                )
-            )
-        if plain:
-            encoder.extend_parts(plain, parts)
 
     # -- sinks -----------------------------------------------------------------------------
 
     def _write(self, *, pcap: bytes | memoryview, pcapng: bytes) -> None:
-        for sink in list(self.sinks):
-            data = pcap if sink.fmt == "pcap" else pcapng
-            if not data:
-                continue
-            try:
-                sink.write(data)
-            except ReaderClosed as gone:
-                if isinstance(gone, ReaderStalled):
-                    self.notes.append(gone.message)
-                self._reader_gone(sink)
-                if not self.sinks:
-                    self.stop_reason = StopReason.READER_CLOSED
-                continue
-            if sink is self.sinks[0]:
-                self.output_bytes += len(data)
-        if self.limits.max_bytes is not None and self.output_bytes >= self.limits.max_bytes:
+        self.output_bytes += self.fanout.write(pcap, pcapng)
+        # Inline, not budget.size_reached(): once per chunk on the hot path.
+        max_bytes = self.budget.max_bytes
+        if max_bytes is not None and self.output_bytes >= max_bytes:
             self.stop_reason = self.stop_reason or StopReason.SIZE_LIMIT
+
+    def _reader_failed(self, err: ZsniffError) -> None:
+        self.failure = self.failure or err
+
+    def _readers_gone(self) -> None:
+        self.stop_reason = StopReason.READER_CLOSED
 
     def check_readers(self) -> bool:
         """Drop sinks whose reader is gone; True when that leaves none (the capture stops).
@@ -640,42 +469,18 @@ class OutputPipeline:
         if not self.lock.acquire(blocking=False):
             return False
         try:
-            self._drop_gone_readers()
+            if self.fanout.drop_gone_readers() and not self.fanout.sinks:
+                self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
         finally:
             self.lock.release()
         return self.stop_reason is StopReason.READER_CLOSED
-
-    def _drop_gone_readers(self) -> None:
-        for sink in list(self.sinks):
-            gone = getattr(sink, "reader_gone", None)
-            if gone is not None and gone():
-                self._reader_gone(sink)
-                if not self.sinks:
-                    self.stop_reason = self.stop_reason or StopReason.READER_CLOSED
-
-    def _reader_gone(self, sink: Sink) -> None:
-        """The sink's reader went away: closed by the user, or dead of a failure it names."""
-        self.sinks.remove(sink)
-        failure = getattr(sink, "reader_failure", None)
-        err = failure() if failure is not None else None
-        if err is not None:
-            self.failure = self.failure or err
-        else:
-            self.closed_sinks.append(sink.label)
 
     def outputs_stopping(self) -> None:
         """The capture is stopping: a sink whose reader takes nothing more may now give up.
 
         Without the lock: a lane may hold it, blocked on that very reader.
         """
-        for sink in list(self.sinks):
-            stopping = getattr(sink, "stopping", None)
-            if stopping is not None:
-                stopping()
-
-    def close(self) -> list[tuple[str, Any]]:
-        with self.lock:
-            return [(sink.label, sink.close()) for sink in self.sinks]
+        self.fanout.stopping()
 
 
 def _packets_of(raw: bytes | memoryview, parser: PcapStreamParser) -> list[Packet]:

@@ -11,9 +11,12 @@ import os
 import select
 import threading
 import time
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
+from kubectl_zsniff.options import OutputFormat
+from kubectl_zsniff.sinks.results import SinkResult
 
 #: Once the capture is stopping, a reader that takes nothing for this long is given up.
 STALLED_READER_SECONDS = 5.0
@@ -27,15 +30,43 @@ class ReaderStalled(ReaderClosed):
     """The reader is there but took nothing for too long while the capture was stopping."""
 
 
-class Sink(Protocol):
-    #: "pcap" for tcpdump's classic stream passed through untouched, "pcapng" for ours.
-    fmt: str
+class Sink(ABC):
+    """Where the pipeline's bytes go: the one contract every output keeps.
+
+    The defaults are those of a sink with nothing to say at that moment; a sink overrides what
+    applies to it (a pipe's reader that may go away, a file that may be left empty).
+    """
+
+    #: PCAP: tcpdump's classic stream passed through untouched; PCAPNG: ours, with names.
+    fmt: OutputFormat
+    #: How the summary names it ("file", "Wireshark", ...).
     label: str
 
-    #: ``data`` may be a memoryview into the received frame: use or copy it before returning.
-    def write(self, data: bytes | memoryview) -> None: ...
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Whole records or blocks. ``data`` may be a memoryview into the received frame: use
+        or copy it before returning. Raises ``ReaderClosed`` when the reader went away."""
 
-    def close(self) -> Any: ...
+    @abstractmethod
+    def close(self) -> SinkResult:
+        """The end of the capture: flush, release, and say what came of it."""
+
+    def bind_preamble(self, preamble: Callable[[], bytes]) -> None:  # noqa: B027 (a default)
+        """The pipeline's blocks that start a file, for a sink that starts files itself."""
+
+    def stopping(self) -> None:  # noqa: B027 (a default)
+        """The capture is stopping: a reader that takes nothing more may now be given up."""
+
+    def reader_gone(self) -> bool:
+        """Whether the reader went away on its own (polled while capturing)."""
+        return False
+
+    def reader_failure(self) -> ZsniffError | None:
+        """Why a reader that went away did, when it failed rather than being closed."""
+        return None
+
+    def discard_if_empty(self) -> None:  # noqa: B027 (a default)
+        """Nothing was captured: remove what this sink created for it (an empty file)."""
 
 
 class PipeWriter:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.sinks import PipeWriter, ReaderClosed
+from kubectl_zsniff.options import OutputFormat
+from kubectl_zsniff.sinks import PipeWriter, ReaderClosed, Sink
+from kubectl_zsniff.sinks.results import BytesWritten
 
 OWNER_ONLY = 0o600
 
@@ -67,12 +69,12 @@ def open_private(path: Path, buffering: int = 1 << 20, flag: str = "-w") -> Bina
     return open_output(path, buffering, flag)[0]
 
 
-class FileSink:
+class FileSink(Sink):
     label = "file"
 
-    def __init__(self, path: Path, fmt: str) -> None:
+    def __init__(self, path: Path, fmt: OutputFormat) -> None:
         self.path = path
-        self.fmt = fmt
+        self.fmt = OutputFormat(fmt)
         # Unbuffered: one write system call per exec frame (as kubectl does), straight from the
         # received bytes. The file grows while capturing, so `tshark -r` or `tail -f` see
         # packets now, not when 1 MB or the capture ends; a buffered file flushed per frame
@@ -104,15 +106,14 @@ class FileSink:
             raise _write_error(self.path, exc, cut) from exc
         self.bytes_written += size
 
-    def close(self) -> int:
+    def close(self) -> BytesWritten:
         if self._file is not None:
             try:
                 self._file.close()
             except OSError as exc:
                 raise _write_error(self.path, exc) from exc
             self._file = None
-        return self.bytes_written
-
+        return BytesWritten(self.bytes_written)
 
     def discard_if_empty(self) -> None:
         """Remove the file if zsniff created it and nothing is in it. A device, a FIFO or a
@@ -132,13 +133,13 @@ def _write_error(path: Path, exc: OSError, cut: bool = False) -> ZsniffError:
                        ExitStatus.OUTPUT_ERROR)
 
 
-class StdoutSink:
+class StdoutSink(Sink):
     """Binary capture on standard output, for pipes. Refuses a terminal."""
 
     label = "stdout"
 
-    def __init__(self, fmt: str, out: BinaryIO) -> None:
-        self.fmt = fmt
+    def __init__(self, fmt: OutputFormat, out: BinaryIO) -> None:
+        self.fmt = OutputFormat(fmt)
         if out.isatty():
             raise ZsniffError(
                 "refusing to write binary capture data to a terminal",
@@ -185,11 +186,11 @@ class StdoutSink:
             return False
         return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
 
-    def close(self) -> int:
+    def close(self) -> BytesWritten:
         if self._out is not None:
             self._pipe.restore()
             self._out = None
-        return self.bytes_written
+        return BytesWritten(self.bytes_written)
 
 
 def _silence(fd: int) -> None:

@@ -26,7 +26,7 @@ class JsonLinesOutput:
         self.flag = flag
         self.lines = 0
         self._lock = threading.Lock()  # the live stream writes from several log tailers
-        self._file = None
+        self._file: BinaryIO | None = None
         self._pipe: PipeWriter | None = None
         if target == "-":
             if stdout is None:

@@ -21,14 +21,15 @@ import re
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.pcapng import BLOCK_EPB
-from kubectl_zsniff.options import RotationOptions
+from kubectl_zsniff.options import OutputFormat, RotationOptions
+from kubectl_zsniff.sinks import Sink
 from kubectl_zsniff.sinks.file import open_output
+from kubectl_zsniff.sinks.results import RotationResult
 
 SEQUENCE_DIGITS = 5
 _BLOCK_HEADER = struct.Struct("<II")  # zsniff writes its pcapng little-endian
@@ -63,18 +64,9 @@ def refuse_rotated_overwrite(base: Path, force: bool) -> None:
         )
 
 
-@dataclass
-class RotationResult:
-    """What a rotated capture left on disk."""
-
-    files: list[Path]  # the files kept, oldest first
-    removed: int  # files the ring removed
-    bytes_written: int
-
-
-class RotatingFileSink:
+class RotatingFileSink(Sink):
     label = "file"
-    fmt = "pcapng"
+    fmt = OutputFormat.PCAPNG
 
     def __init__(self, base: Path, rotation: RotationOptions,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -30,7 +30,9 @@ from typing import IO, Any
 
 from kubectl_zsniff.formats.detect import ByteOrder
 from kubectl_zsniff.formats.pcapng import PACKET_BLOCK_TYPES, BlockFramer, frame_block
-from kubectl_zsniff.words import plural
+from kubectl_zsniff.options import OutputFormat
+from kubectl_zsniff.sinks import Sink
+from kubectl_zsniff.sinks.results import ViewSummary
 
 SKIP_MARKER_TYPE = 0x80005A53  # local-use block type ("ZS"): never leaves the sink -> child pipe
 _PIPE_SIZE = 1 << 20  # Linux F_SETPIPE_SZ; default pipe-max-size is 1 MiB
@@ -102,31 +104,10 @@ def _own_process_group() -> dict[str, Any]:
     return {"start_new_session": True}
 
 
-@dataclass(frozen=True)
-class ViewSummary:
-    total_packets: int  # packet blocks handed to write()
-    sent_packets: int  # packet blocks written (whole) to the view
-    dropped_packets: int  # packet blocks the view never got (pipe full, or view gone)
-    view_gone: bool  # the child exited or closed its input before we closed it
-    exit_code: int | None  # the child's (negative: killed by that signal), None if still running
-
-    def message(self) -> str | None:
-        """The caller's summary line, None when nothing was skipped."""
-        if self.view_gone:
-            return (
-                f"view ended early (exit {self.exit_code}); "
-                f"it showed {self.sent_packets:,} of {plural(self.total_packets, 'packet')}"
-            )
-        if self.dropped_packets:
-            total = plural(self.total_packets, "packet")
-            return f"view skipped {self.dropped_packets:,} of {total}"
-        return None
-
-
-class ViewSink:
+class ViewSink(Sink):
     """Sink to the terminal view child. write() never blocks; close() returns the counts."""
 
-    fmt = "pcapng"  # needs our pcapng (NRBs carry the pod names), not tcpdump's pcap
+    fmt = OutputFormat.PCAPNG  # needs our pcapng (NRBs carry the pod names), not tcpdump's pcap
     label = "terminal view"
 
     def __init__(

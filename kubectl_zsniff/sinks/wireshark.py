@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import IO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.sinks import PipeWriter, ReaderClosed
+from kubectl_zsniff.options import OutputFormat
+from kubectl_zsniff.sinks import PipeWriter, ReaderClosed, Sink
+from kubectl_zsniff.sinks.results import BytesWritten
 
 # Where installers put Wireshark when it is not on PATH (a frequent complaint about peers).
 WELL_KNOWN_PATHS = {
@@ -75,8 +77,8 @@ def wireshark_argv(executable: str, title: str) -> list[str]:
     ]
 
 
-class WiresharkSink:
-    fmt = "pcapng"
+class WiresharkSink(Sink):
+    fmt = OutputFormat.PCAPNG
     label = "Wireshark"
 
     def __init__(self, title: str, executable: str | None = None) -> None:
@@ -145,7 +147,7 @@ class WiresharkSink:
             ExitStatus.TOOL_MISSING,
         )
 
-    def close(self) -> int:
+    def close(self) -> BytesWritten:
         proc = self._proc
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -153,7 +155,7 @@ class WiresharkSink:
         self._proc = None
         with contextlib.suppress(OSError):
             self._stderr.close()
-        return self.bytes_written
+        return BytesWritten(self.bytes_written)
 
 
 _CLOSED_BY_SIGNALS = {int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP)}

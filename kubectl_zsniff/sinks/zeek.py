@@ -14,18 +14,19 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.names.map import NameSource
-from kubectl_zsniff.sinks import ReaderClosed
+from kubectl_zsniff.names.map import DictNameMap, NameSource
+from kubectl_zsniff.options import OutputFormat
+from kubectl_zsniff.sinks import ReaderClosed, Sink
 from kubectl_zsniff.sinks.feeder import FeederClosed, PipeFeeder
 from kubectl_zsniff.sinks.file import open_private
 from kubectl_zsniff.sinks.jsonlines import JsonLinesOutput
-from kubectl_zsniff.zeek.logs import Columns, FileSummary
-from kubectl_zsniff.zeek.select import RowSelection, SelectionCounts
+from kubectl_zsniff.sinks.results import ZeekSummary
+from kubectl_zsniff.zeek.logs import Columns
+from kubectl_zsniff.zeek.select import RowSelection
 from kubectl_zsniff.zeek.tail import LogTailer
 
 # Where Zeek's own packages and source builds install it; neither is on PATH by default.
@@ -111,17 +112,6 @@ def zeek_argv(executable: str, extra: Sequence[str] = ()) -> list[str]:
     return [executable, "-C", "-r", "-", *extra]
 
 
-@dataclass
-class ZeekSummary:
-    directory: Path
-    returncode: int | None
-    bytes_written: int
-    files: list[FileSummary] = field(default_factory=list)
-    json_lines: int | None = None  # lines of the --zeek-json stream (None: no stream)
-    json_to: str | None = None
-    counts: SelectionCounts | None = None  # kept/dropped rows per log, with a selection
-
-
 def _tail(path: Path, limit: int = 2000) -> str:
     try:
         with open(path, "rb") as fh:
@@ -132,12 +122,9 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return ""
 
 
-class ZeekSink:
+class ZeekSink(Sink):
     """Feeds the capture to `zeek -C -r -` running in `directory`, then names its logs."""
 
-    # Zeek reads through libpcap: tcpdump's classic pcap always works; pcapng only for one
-    # link type on Zeek < 8.2, and Zeek ignores our name blocks anyway.
-    fmt = "pcap"
     label = "Zeek"
 
     def __init__(
@@ -148,7 +135,9 @@ class ZeekSink:
         extra_args: Sequence[str] = (),
         executable: str | None = None,
         wait_timeout: float = 120.0,
-        fmt: str = "pcap",
+        # Zeek reads through libpcap: tcpdump's classic pcap always works; pcapng only for
+        # one link type on Zeek < 8.2, and Zeek ignores our name blocks anyway.
+        fmt: OutputFormat = OutputFormat.PCAP,
         json_target: str | None = None,
         json_stdout: BinaryIO | None = None,
         selection: RowSelection | None = None,
@@ -166,14 +155,14 @@ class ZeekSink:
         self.selection = selection
         self.context = context
         if workload_columns is None:
-            provides = getattr(namemap, "provides_workload", None)
-            workload_columns = bool(provides) if isinstance(provides, bool) else False
+            # Only a fixed table knows up front; the live capture says (session.open_sinks).
+            workload_columns = isinstance(namemap, DictNameMap) and namemap.provides_workload
         # Fixed before Zeek writes a line: every row of a TSV log must match its #fields.
         self.columns = Columns(True, workload_columns)
         self._json_out: JsonLinesOutput | None = None
         self._tailer: LogTailer | None = None
         self.wait_timeout = wait_timeout
-        self.fmt = fmt
+        self.fmt = OutputFormat(fmt)
         # Resolved now so a missing Zeek fails before the capture starts, not after.
         self.argv = zeek_argv(executable or find_zeek(), extra_args)
         self.bytes_written = 0
@@ -353,18 +342,3 @@ class ZeekSink:
             self._json_out.close()
         if self._scratch:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def abort(self) -> None:
-        """Stop Zeek at once without touching its logs (the capture itself failed)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        if self._feeder is not None:
-            self._feeder.abandon()
-        if self._tailer is not None:
-            with contextlib.suppress(Exception):
-                self._tailer.finish()
-            self._tailer = None
-        self._cleanup()
-        code = self._proc.returncode if self._proc is not None else None
-        self._summary = ZeekSummary(self.directory, code, self.bytes_written)

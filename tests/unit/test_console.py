@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kubectl_zsniff.capture.run import CaptureSummary, PodCapture, StopReason, TcpdumpReport
-from kubectl_zsniff.cli.console import ConsoleReporter
+from kubectl_zsniff.cli.console import ConsoleReporter, sink_result_text
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.options import (
@@ -18,6 +20,15 @@ from kubectl_zsniff.options import (
     TargetOptions,
     TcpdumpOptions,
 )
+from kubectl_zsniff.sinks.results import (
+    BytesWritten,
+    ClosedSink,
+    RotationResult,
+    ViewSummary,
+    ZeekSummary,
+)
+from kubectl_zsniff.zeek.logs import FileSummary
+from kubectl_zsniff.zeek.select import LogCounts, SelectionCounts
 
 
 class _SlowStream:
@@ -102,3 +113,100 @@ def test_no_drops_no_hint(tmp_path: Path) -> None:
         text = "".join(stream.chunks)
         assert "hint:" not in text, text
         assert ("0 dropped by the kernel" in text) == (dropped == [0]), text
+
+
+# --- each sink's part of the summary, by the type its close() returns --------------------------
+
+def _zeek(files: list[str], **extra: Any) -> ZeekSummary:
+    return ZeekSummary(Path("/logs"), 0, 100, [FileSummary(Path("/logs/raw") / f) for f in files],
+                       **extra)
+
+
+def _counts(**logs: tuple[int, int]) -> SelectionCounts:
+    counts = SelectionCounts()
+    for path, (kept, dropped) in logs.items():
+        counts.logs[path] = LogCounts(kept, dropped)
+    return counts
+
+
+@pytest.mark.parametrize(("closed", "expected"), [
+    (ClosedSink("file", BytesWritten(1234)), ""),
+    (ClosedSink("stdout", BytesWritten(0)), ""),
+    (ClosedSink("Wireshark", BytesWritten(99)), ""),
+    (ClosedSink("file", RotationResult([], 0, 0)), "nothing captured, so no file was left"),
+    (ClosedSink("file", RotationResult([Path("/x/web-00001.pcapng")], 0, 10)),
+     "wrote 1 file web-00001.pcapng (pcapng)"),
+    (ClosedSink("file", RotationResult([Path("web-00004.pcapng"), Path("web-00005.pcapng"),
+                                        Path("web-00006.pcapng")], 3, 10)),
+     "wrote 3 files web-00004.pcapng ... web-00006.pcapng (pcapng) (3 older removed by --ring)"),
+    (ClosedSink("file", RotationResult([Path("a-00001.pcapng"), Path("a-00002.pcapng")],
+                                       1_234, 10)),
+     "wrote 2 files a-00001.pcapng ... a-00002.pcapng (pcapng) (1,234 older removed by --ring)"),
+    (ClosedSink("terminal view", ViewSummary(10, 10, 0, False, 0)), ""),
+    (ClosedSink("terminal view", ViewSummary(1500, 300, 1200, False, 0)),
+     "terminal view skipped 1,200 of 1,500 packets to keep up (the file has them all)"),
+    (ClosedSink("terminal view", ViewSummary(1, 0, 1, True, 1)),
+     "terminal view skipped 1 of 1 packet to keep up (the file has them all)"),
+    (ClosedSink("Zeek", _zeek([])), "Zeek logs in /logs: no logs"),
+    (ClosedSink("Zeek", _zeek(["conn.log", "dns.log"])), "Zeek logs in /logs: conn.log, dns.log"),
+    (ClosedSink("Zeek", _zeek([], json_lines=0, json_to="standard output")),
+     "Zeek: 0 JSON lines to standard output"),
+    (ClosedSink("Zeek", _zeek(["conn.log"], json_lines=1, json_to="out.jsonl")),
+     "Zeek: 1 JSON line to out.jsonl; Zeek logs in /logs: conn.log"),
+    (ClosedSink("Zeek", _zeek(["conn.log"], counts=_counts(conn=(3, 4), dns=(2, 0)))),
+     "Zeek logs in /logs: conn.log (rows kept/dropped: conn 3 kept, 4 dropped; dns 2 kept)"),
+    (ClosedSink("Zeek", _zeek([], json_lines=5, json_to="-", counts=SelectionCounts())),
+     "Zeek: 5 JSON lines to - (rows kept/dropped: none)"),
+], ids=lambda v: type(v.result).__name__ if isinstance(v, ClosedSink) else None)
+def test_each_sink_result_is_rendered_by_its_type(closed: ClosedSink, expected: str) -> None:
+    assert sink_result_text(closed) == expected
+
+
+def _rendered(summary: CaptureSummary, opts: CaptureOptions, quiet: bool = False) -> str:
+    stream = _SlowStream()
+    ConsoleReporter(stream=stream, quiet=quiet).summary(summary, opts)  # type: ignore[arg-type]
+    return "".join(stream.chunks)
+
+
+def test_the_summary_line_joins_the_sink_results_that_say_something(tmp_path: Path) -> None:
+    summary, opts = _summary([0], tmp_path)
+    summary.sink_results = [
+        ClosedSink("file", BytesWritten(1500)),
+        ClosedSink("terminal view", ViewSummary(12, 2, 10, False, 0)),
+        ClosedSink("Zeek", _zeek(["conn.log"])),
+    ]
+    summary.closed_sinks = ["Wireshark"]
+    summary.notes = ["a note", "another"]
+    line, *rest = _rendered(summary, opts).rstrip("\n").split("\n")
+    assert line == (
+        "zsniff: 12 packets (1.2 kB) from shop/web0 in 2.0 s; stopped: duration reached; "
+        f"0 dropped by the kernel; tcpdump stopped in the pod (verified); wrote "
+        f"{opts.output.path} (pcapng); terminal view skipped 10 of 12 packets to keep up (the "
+        "file has them all); Zeek logs in /logs: conn.log; closed by the reader: Wireshark")
+    assert rest == ["zsniff: a note", "zsniff: another"]
+
+
+@pytest.mark.parametrize(("remote_stopped", "pods", "expected"), [
+    (True, 1, "tcpdump stopped in the pod (verified)"),
+    (True, 2, "tcpdump stopped in the pods (verified)"),
+    (False, 1, "WARNING: tcpdump may still run in the pod"),
+    (None, 1, None),
+])
+def test_the_summary_says_whether_tcpdump_is_gone(
+        tmp_path: Path, remote_stopped: bool | None, pods: int, expected: str | None) -> None:
+    summary, opts = _summary([None] * pods, tmp_path)
+    for pod in summary.pods:
+        pod.remote_stopped = remote_stopped
+    text = _rendered(summary, opts)
+    if expected is None:
+        assert "tcpdump" not in text, text
+    else:
+        assert expected in text, text
+
+
+def test_a_plain_file_left_out_is_said_and_quiet_says_nothing(tmp_path: Path) -> None:
+    summary, opts = _summary([None], tmp_path)
+    assert opts.output.path is not None
+    opts.output.path.unlink()
+    assert f"nothing captured, so no {opts.output.path} was left" in _rendered(summary, opts)
+    assert _rendered(summary, opts, quiet=True) == ""

@@ -129,3 +129,52 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
     # The command line is where they belong, and is seen there.
     assert terminal_writes(CLI / "app.py") and "click" in imported_modules(
         CLI / "app.py", runtime_only=True)
+
+
+# --- the seams between the pipeline, the sinks and the console are typed -----------------------
+
+SEAMS = sorted((PACKAGE / "pipeline").glob("*.py")) + [CLI / "console.py",
+                                                       PACKAGE / "capture" / "session.py"]
+
+
+def attribute_probes(path: Path) -> list[str]:
+    """getattr()/hasattr() calls and `Any` names, with their lines: a seam guessed, not typed."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
+                node.func.id in ("getattr", "hasattr")):
+            found.append(f"{node.lineno}: {node.func.id}()")
+        if isinstance(node, ast.Name) and node.id == "Any":
+            found.append(f"{node.lineno}: Any")
+    return found
+
+
+@pytest.mark.parametrize("path", SEAMS, ids=_rel)
+def test_the_pipeline_console_and_session_use_the_sinks_typed_contract(path: Path) -> None:
+    assert attribute_probes(path) == [], f"{_rel(path)} guesses at an object it is handed"
+
+
+SINK_MODULES = [p for p in sorted((PACKAGE / "sinks").glob("*.py"))
+                if p.name not in ("__init__.py", "results.py")]
+
+
+def sink_classes(path: Path) -> list[tuple[str, list[str]]]:
+    """(class, its bases) of every class whose name ends in Sink."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return [(node.name, [ast.unparse(base) for base in node.bases])
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Sink")]
+
+
+def test_every_sink_keeps_the_one_contract() -> None:
+    found = {name: bases for path in SINK_MODULES for name, bases in sink_classes(path)}
+    assert set(found) >= {"FileSink", "StdoutSink", "RotatingFileSink", "WiresharkSink",
+                          "ZeekSink", "ViewSink"}, found
+    assert all(bases == ["Sink"] for bases in found.values()), found
+
+
+def test_the_seam_check_sees_what_it_looks_for(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from typing import Any\nx: Any = 1\nif hasattr(x, 'y'):\n"
+                   "    getattr(x, 'y')()\n")
+    assert attribute_probes(bad) == ["2: Any", "3: hasattr()", "4: getattr()"]

@@ -19,6 +19,7 @@ from kubectl_zsniff.names.book import NameBook
 from kubectl_zsniff.names.map import PodName
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.packetaddr import ip_addresses
+from kubectl_zsniff.sinks import Sink
 
 POD = PodInfo("shop", "web-1", "node-a", ("app",), "Running", ("10.244.1.1", "fd00::1"))
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
@@ -43,7 +44,7 @@ def udp6_frame(src: str, dst: str) -> bytes:
     return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip6 + udp + payload
 
 
-class CollectingSink:
+class CollectingSink(Sink):
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
         self.label = fmt

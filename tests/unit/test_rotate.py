@@ -208,7 +208,7 @@ def test_released_addresses_are_not_carried_into_each_new_file(tmp_path: Path) -
                    for ip, name in stated.items() if ip.startswith("10.244.2.")), path
     assert first_names[-1] == {"10.244.1.1", "10.244.1.9"}, first_names[-1]
     assert max(len(names) for names in first_names) <= 4, [len(n) for n in first_names]
-    assert len(pipe._named) <= 4, pipe._named
+    assert len(pipe.names.named) <= 4, pipe.names.named
     assert "tools/client" in tshark_hosts(files[-1])
     assert sorted(n for p in files for n in sequence(p)) == list(range(710))
 
@@ -237,7 +237,7 @@ def test_an_address_reowned_in_one_file_carries_no_comment_in_the_next(tmp_path:
     for path in files[2:]:
         assert not comments(path), path
         assert "tools/new" in tshark_hosts(path)
-    assert not pipe._reowned
+    assert not pipe.names.reowned
 
 
 class FullDisk:
