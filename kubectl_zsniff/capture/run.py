@@ -27,8 +27,9 @@ from kubectl_zsniff.kube.pod import PodInfo
 from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT, capture_command
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
+from kubectl_zsniff.wire.connector import ExecConnector, ExecStream, WebSocketConnector
 from kubectl_zsniff.wire.endpoint import ApiEndpoint
-from kubectl_zsniff.wire.execws import ExecSession, StreamLostError, exec_capture_output
+from kubectl_zsniff.wire.execws import StreamLostError
 from kubectl_zsniff.words import plural
 
 __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "StopReason",
@@ -318,7 +319,7 @@ class PodStream:
 
     def __init__(
         self,
-        endpoint: ApiEndpoint,
+        connector: ExecConnector,
         lane: Lane,
         tcpdump: TcpdumpOptions,
         limits: CaptureLimits,
@@ -327,7 +328,7 @@ class PodStream:
         give_up: asyncio.Event | None = None,
         reconnect_for: float = 0.0,
     ) -> None:
-        self.endpoint = endpoint
+        self.connector = connector
         self.lane = lane
         self.pod = lane.pod
         self.container = lane.container
@@ -345,13 +346,12 @@ class PodStream:
         self.reconnecting = False
         self.session = self._session(limits.packet_count)
 
-    def _session(self, packet_count: int | None) -> ExecSession:
+    def _session(self, packet_count: int | None) -> ExecStream:
         # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
         argv = self.tcpdump.argv(packet_count)
         enter = self.pod.uid if self.pod.via is not None else None
-        return ExecSession(
-            self.endpoint, *self._exec_place(),
-            capture_command(self.container, argv, enter), stdin=True,
+        return self.connector.open_stream(
+            *self._exec_place(), capture_command(self.container, argv, enter),
         )
 
     def _exec_place(self) -> tuple[str, str, str]:
@@ -554,11 +554,10 @@ class PodStream:
 
     async def _in_container(self, script: str, *args: str) -> int:
         # The shell's builtin kill: images need not ship a kill binary.
-        code, _, _ = await exec_capture_output(
-            self.endpoint, *self._exec_place(),
+        return await self.connector.run_command(
+            *self._exec_place(),
             ["sh", "-c", script, "zsniff", *args], timeout=15,
         )
-        return code
 
     async def _kill(self, signal_name: str) -> int | None:
         if self.report.pid is None:
@@ -609,13 +608,22 @@ class CaptureRun:
 
     def __init__(
         self,
-        endpoint: ApiEndpoint,
+        endpoint: ApiEndpoint | None,
         pipeline: OutputPipeline,
         tcpdump: TcpdumpOptions,
         limits: CaptureLimits,
         reporter: Reporter,
         reconnect_for: float = 0.0,
+        *,
+        connector: ExecConnector | None = None,
     ) -> None:
+        """`endpoint`: the API server whose exec websocket the pods are captured through;
+        None only with a `connector` of one's own (a test's scripted streams)."""
+        if connector is None:
+            if endpoint is None:
+                raise ValueError("CaptureRun needs an endpoint or a connector")
+            connector = WebSocketConnector(endpoint)
+        self.connector = connector
         self.pipeline = pipeline
         self.limits = limits
         self.reporter = reporter
@@ -623,10 +631,9 @@ class CaptureRun:
         self._give_up = asyncio.Event()
         self._signal_reason: StopReason | None = None
         self._signals = 0
-        self.endpoint = endpoint
         self.tcpdump = tcpdump
         self.streams = [
-            PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop, self._give_up,
+            PodStream(connector, lane, tcpdump, limits, reporter, self._stop, self._give_up,
                       reconnect_for)
             for lane in pipeline.lanes
         ]
@@ -689,7 +696,7 @@ class CaptureRun:
         capture is stopping, the pod is not joined."""
         if self._stop.is_set():
             return False
-        stream = PodStream(self.endpoint, lane, self.tcpdump, self.limits, self.reporter,
+        stream = PodStream(self.connector, lane, self.tcpdump, self.limits, self.reporter,
                            self._stop, self._give_up)
         stream.many = True
         await stream.connect()
