@@ -31,7 +31,6 @@ Behaviour choices (callers rely on them):
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -40,7 +39,12 @@ from typing import Any, TypeVar
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.status import ApiStatus, api_refusal
+from kubectl_zsniff.kube.status import (
+    ApiStatus,
+    api_refusal,
+    unreachable_error,
+    unreachable_kind,
+)
 from kubectl_zsniff.wire.endpoint import ApiEndpoint, exec_url, unsupported_proxy
 from kubectl_zsniff.wire.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
@@ -388,7 +392,6 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
     from kubectl_zsniff.wire.websocket import HandshakeFailed, HandshakeRejected, ProxyFailed
 
     host = session.endpoint.host
-    ns = session.namespace
     if isinstance(exc, HandshakeRejected):
         code = exc.status_code
         if code < 400:
@@ -397,41 +400,11 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
                 "is the kubeconfig server URL the API server itself (not a proxy or dashboard)?",
                 status=ExitStatus.ERROR,
             )
-        return api_refusal(code, ApiStatus.parse(exc.body), "create pods/exec", namespace=ns,
-                           pod=session.pod, server=host)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ZsniffError(
-            f"TLS certificate verification failed for the API server {host}: "
-            f"{exc.verify_message or exc.reason}",
-            "check certificate-authority(-data) and tls-server-name of the cluster in your "
-            "kubeconfig",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, ssl.SSLError):
-        return ZsniffError(
-            f"TLS handshake with the API server {host} failed: {exc.reason or exc}",
-            "check that the kubeconfig server URL uses the right scheme (https) and port",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return ZsniffError(
-            f"timed out connecting to the API server {host}",
-            "check the network path to the cluster (VPN, firewall) and the server URL",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, socket.gaierror):
-        return ZsniffError(
-            f"cannot resolve the API server host {host}",
-            "check the server URL in your kubeconfig and your DNS",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, OSError):
-        what = exc.strerror or type(exc).__name__
-        return ZsniffError(
-            f"cannot connect to the API server {host}: {what}",
-            "is the cluster running and the kubeconfig server URL right?",
-            status=ExitStatus.UNREACHABLE,
-        )
+        return api_refusal(code, ApiStatus.parse(exc.body), "create pods/exec",
+                           namespace=session.namespace, pod=session.pod, server=host)
+    kind = unreachable_kind(exc)
+    if kind is not None:
+        return unreachable_error(kind, _failure_detail(exc), server=host)
     if isinstance(exc, HandshakeFailed):
         return ZsniffError(
             f"the API server {host} did not complete the websocket handshake: {exc}",
@@ -440,6 +413,17 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
             status=ExitStatus.UNREACHABLE,
         )
     return None
+
+
+def _failure_detail(exc: BaseException) -> str:
+    """What a connection failure says, in the words of its kind."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message or exc.reason)
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 async def exec_capture_output(
