@@ -35,7 +35,7 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
@@ -49,6 +49,7 @@ from kubectl_zsniff.wire.endpoint import ApiEndpoint, exec_url, unsupported_prox
 from kubectl_zsniff.wire.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 PROTOCOL_V5 = "v5.channel.k8s.io"
 PROTOCOL_V4 = "v4.channel.k8s.io"
@@ -299,7 +300,7 @@ class ExecSession:
         return self._ws
 
 
-async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _blocking(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking call in a daemon thread of its own.
 
     Not ``asyncio.to_thread``: ``asyncio.run`` joins the default executor's threads on its way
@@ -309,33 +310,35 @@ async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: Any, error: BaseException | None) -> None:
+    def settle(outcome: tuple[T] | BaseException) -> None:
         if future.cancelled():
-            if isinstance(result, WebSocket):
-                result.abort()
-                result.close()
-        elif error is not None:
-            future.set_exception(error)
+            _drop_websocket(outcome)
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
         else:
-            future.set_result(result)
+            future.set_result(outcome[0])
 
     def work() -> None:
-        result: Any = None
-        error: BaseException | None = None
+        outcome: tuple[T] | BaseException
         try:
-            result = func(*args, **kwargs)
+            outcome = (func(*args, **kwargs),)
         except BaseException as exc:
-            error = exc
+            outcome = exc
         try:
-            loop.call_soon_threadsafe(settle, result, error)
+            loop.call_soon_threadsafe(settle, outcome)
         except RuntimeError:  # the loop is closed: nobody waits any more
-            if isinstance(result, WebSocket):
-                result.abort()
-                result.close()
+            _drop_websocket(outcome)
 
     threading.Thread(target=work, name=f"zsniff-{getattr(func, '__name__', 'call')}",
                      daemon=True).start()
     return await future
+
+
+def _drop_websocket(outcome: tuple[object] | BaseException) -> None:
+    """A websocket opened for nobody: closed at once."""
+    if isinstance(outcome, tuple) and isinstance(outcome[0], WebSocket):
+        outcome[0].abort()
+        outcome[0].close()
 
 
 class _ChannelReader:

@@ -630,5 +630,6 @@ class _Keepalive:
 def _os_error_text(exc: BaseException) -> str:
     if isinstance(exc, ConnectionResetError):
         return "connection reset by the server"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    strerror = exc.strerror if isinstance(exc, OSError) else None
+    text = strerror or str(exc) or type(exc).__name__
     return f"connection lost: {text}"
