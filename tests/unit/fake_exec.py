@@ -172,6 +172,7 @@ class FakeConnector:
     stdin_close: bool = True  # False: an API server that speaks only channel protocol v4
     streams: list[FakeStream] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
+    command_places: list[tuple[str, str, str]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
     def open_stream(self, namespace: str, pod: str, container: str,
@@ -185,6 +186,7 @@ class FakeConnector:
                           command: Sequence[str], timeout: float) -> int:
         script, pid = command[2], int(command[-1])
         self.commands.append([script, str(pid)])
+        self.command_places.append((namespace, pod, container))
         mine = [s for s in self.streams if s.pid == pid]
         if script.startswith("kill -0"):
             return 0 if any(s.running for s in mine) else 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from kubectl_zsniff.capture.run import CaptureRun, CaptureSummary, StopReason
 from kubectl_zsniff.errors import ExitStatus
 from kubectl_zsniff.formats.pcapng import PacketRecord, read_capture
-from kubectl_zsniff.kube.container import PodInfo
+from kubectl_zsniff.kube.container import NO_POD_PROCESS_EXIT, CapturePlace, PodInfo
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import OutputPipeline
 from kubectl_zsniff.sinks.file import FileSink
@@ -50,14 +51,14 @@ class Said:
 
 def capture(tmp_path: Path, connector: FakeConnector, *, tcpdump: TcpdumpOptions | None = None,
             limits: CaptureLimits | None = None, reconnect_for: float = 0.0,
-            ) -> tuple[CaptureSummary, list[int], Said]:
+            pod: PodInfo = WEB) -> tuple[CaptureSummary, list[int], Said]:
     """Run the capture into a pcapng file; the numbers of the packets in it."""
     tcpdump = tcpdump or TcpdumpOptions()
     limits = limits or CaptureLimits()
     path = tmp_path / "out.pcapng"
     sink = FileSink(path, "pcapng")
     said = Said()
-    pipeline = OutputPipeline([sink], WEB, "zsniff-a", "ctx", tcpdump, limits, None)
+    pipeline = OutputPipeline([sink], pod, "zsniff-a", "ctx", tcpdump, limits, None)
     run = CaptureRun(None, pipeline, tcpdump, limits, said, reconnect_for, connector=connector)
     summary = asyncio.run(asyncio.wait_for(run.run(), 60))
     sink.close()
@@ -155,3 +156,32 @@ def test_ctrl_c_stops_tcpdump_in_the_pod_and_keeps_its_last_packets(
     # v5 closes tcpdump's stdin; v4 cannot, so tcpdump is sent SIGTERM.
     assert connector.events == ["connect", "stdin closed" if stdin_close else "kill -TERM 12"]
     assert summary.remote_stopped is True
+
+
+VIA_NODE = replace(WEB, uid="0d1e2f", via=CapturePlace("zsniff", "zsniff-node-a", "capture"))
+
+
+def test_a_pod_captured_via_its_node_is_streamed_and_checked_in_the_capture_pod(
+        tmp_path: Path) -> None:
+    connector = FakeConnector([[
+        *tcpdump_start(pid=12), Stdout(PCAP_HEADER + packets(range(3))),
+        UntilStopped(), *tcpdump_end(3)]])
+    summary, numbers, _ = capture(tmp_path, connector, limits=CaptureLimits(packet_count=3),
+                                  pod=VIA_NODE)
+    assert numbers == [0, 1, 2] and summary.exit_status == ExitStatus.LIMIT_REACHED
+    stream = connector.streams[0]
+    assert stream.command[:3] == ["zsniff", "zsniff-node-a", "capture"]
+    assert "0d1e2f" in stream.command  # tcpdump enters the captured pod's network namespace
+    assert connector.command_places == [("zsniff", "zsniff-node-a", "capture")]
+    assert summary.remote_stopped is True
+
+
+def test_a_pod_whose_processes_left_its_node_is_not_running(tmp_path: Path) -> None:
+    connector = FakeConnector([[
+        Stderr(b"zsniff-pid 12\n"),
+        Stderr(b"zsniff: no process of pod 0d1e2f on this node\n"), Exit(NO_POD_PROCESS_EXIT)]])
+    summary, numbers, _ = capture(tmp_path, connector, pod=VIA_NODE)
+    assert numbers == []
+    assert summary.exit_status == ExitStatus.POD_NOT_RUNNING
+    assert summary.error is not None
+    assert summary.error.message.startswith("no process of pod shop/web-1 runs on node node-a")
