@@ -14,7 +14,8 @@ import pytest
 from kubectl_zsniff.capture.run import CaptureRun, CaptureSummary, StopReason
 from kubectl_zsniff.errors import ExitStatus
 from kubectl_zsniff.formats.pcapng import PacketRecord, read_capture
-from kubectl_zsniff.kube.container import NO_POD_PROCESS_EXIT, CapturePlace, PodInfo
+from kubectl_zsniff.kube.pod import CapturePlace, PodInfo
+from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import OutputPipeline
 from kubectl_zsniff.sinks.file import FileSink
