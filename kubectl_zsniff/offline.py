@@ -6,15 +6,17 @@ Pure over files: no cluster access here (the caller passes the names it loaded).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
 from kubectl_zsniff.formats.hosts import hosts_file_text
 from kubectl_zsniff.formats.pcap import PcapFormatError
 from kubectl_zsniff.formats.pcapng import (
+    CaptureEvent,
     Interface,
     NameRecords,
     PacketRecord,
@@ -54,10 +56,6 @@ def convert_capture(
         raise ZsniffError(
             "the output would overwrite the input", "write to another file", ExitStatus.USAGE
         )
-    packets = 0
-    kept_names = 0
-    interface_map: dict[tuple[int, int], int] = {}
-    section = -1
     if not source.exists():
         raise ZsniffError(f"{source}: no such file", "check the path of the capture to convert",
                           ExitStatus.USAGE)
@@ -70,28 +68,7 @@ def convert_capture(
             entries = sorted((ip, [name]) for ip, name in names.items())
             if entries:
                 out.write(name_resolution_block(entries))
-            for event in events:
-                if isinstance(event, SectionStart):
-                    section += 1
-                elif isinstance(event, Interface):
-                    interface_map[(section, event.id)] = len(interface_map)
-                    out.write(_interface(event, source.name, len(interface_map) - 1))
-                elif isinstance(event, NameRecords):
-                    # The file's own names come after the cluster's: a reader applies the
-                    # later record, and the file knew its packets better than today's cluster.
-                    records = [(ip, list(n)) for ip, n in event.records if n]
-                    if records:
-                        out.write(name_resolution_block(records))
-                        kept_names += len(records)
-                elif isinstance(event, PacketRecord):
-                    new_id = interface_map.get((section, event.interface_id))
-                    if new_id is None:
-                        continue
-                    out.write(enhanced_packet_block(
-                        new_id, event.ts_ns, event.caplen, event.origlen, event.data,
-                        event.comment,
-                    ))
-                    packets += 1
+            copied = _copy_capture(events, out, source.name)
     except PcapFormatError as exc:
         if created:  # a half-written file of ours is not left behind; one that was there stays
             with contextlib.suppress(OSError):
@@ -101,8 +78,45 @@ def convert_capture(
             "give a file written by zsniff, ksniff, tcpdump -w, tshark -w or Wireshark",
             ExitStatus.USAGE,
         ) from exc
-    return ConvertSummary(packets, len(interface_map), len(names), kept_names,
-                          tail[0] if tail else 0)
+    return ConvertSummary(copied.packets, len(copied.interfaces), len(names),
+                          copied.kept_names, tail[0] if tail else 0)
+
+
+@dataclass
+class _Copied:
+    packets: int = 0
+    kept_names: int = 0
+    # (section, interface id in it) -> the interface's id in the one output section
+    interfaces: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+def _copy_capture(events: Iterable[CaptureEvent], out: BinaryIO, source_name: str) -> _Copied:
+    """Every section's interfaces, names and packets into one section."""
+    copied = _Copied()
+    interfaces = copied.interfaces
+    section = -1
+    for event in events:
+        if isinstance(event, SectionStart):
+            section += 1
+        elif isinstance(event, Interface):
+            interfaces[(section, event.id)] = len(interfaces)
+            out.write(_interface(event, source_name, len(interfaces) - 1))
+        elif isinstance(event, NameRecords):
+            # The file's own names come after the cluster's: a reader applies the later
+            # record, and the file knew its packets better than today's cluster.
+            records = [(ip, list(n)) for ip, n in event.records if n]
+            if records:
+                out.write(name_resolution_block(records))
+                copied.kept_names += len(records)
+        elif isinstance(event, PacketRecord):
+            new_id = interfaces.get((section, event.interface_id))
+            if new_id is None:
+                continue
+            out.write(enhanced_packet_block(
+                new_id, event.ts_ns, event.caplen, event.origlen, event.data, event.comment,
+            ))
+            copied.packets += 1
+    return copied
 
 
 def _interface(event: Interface, source_name: str, new_id: int) -> bytes:

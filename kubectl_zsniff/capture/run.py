@@ -16,9 +16,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from kubectl_zsniff.capture.compress import (
     GzipStream,
@@ -34,9 +34,12 @@ from kubectl_zsniff.kube.scripts import NO_POD_PROCESS_EXIT, capture_command
 from kubectl_zsniff.options import CaptureLimits, TcpdumpOptions
 from kubectl_zsniff.pipeline.output import Lane, OutputPipeline, StopReason
 from kubectl_zsniff.sinks.results import ClosedSink
+from kubectl_zsniff.wire.connector import ExecConnector, ExecStream, WebSocketConnector
 from kubectl_zsniff.wire.endpoint import ApiEndpoint
-from kubectl_zsniff.wire.execws import ExecSession, StreamLostError, exec_capture_output
+from kubectl_zsniff.wire.execws import ExecResult, StreamLostError
 from kubectl_zsniff.words import plural
+
+T = TypeVar("T")
 
 __all__ = ["CaptureRun", "CaptureSummary", "OutputPipeline", "PodCapture", "StopReason",
            "TcpdumpReport", "check_filter_locally", "tcpdump_failure"]
@@ -325,7 +328,7 @@ class PodStream:
 
     def __init__(
         self,
-        endpoint: ApiEndpoint,
+        connector: ExecConnector,
         lane: Lane,
         tcpdump: TcpdumpOptions,
         limits: CaptureLimits,
@@ -334,7 +337,7 @@ class PodStream:
         give_up: asyncio.Event | None = None,
         reconnect_for: float = 0.0,
     ) -> None:
-        self.endpoint = endpoint
+        self.connector = connector
         self.lane = lane
         self.pod = lane.pod
         self.container = lane.container
@@ -354,15 +357,13 @@ class PodStream:
         self.gzip: GzipStream | None = GzipStream(lane.feed) if tcpdump.compress else None
         self.session = self._session(limits.packet_count)
 
-    def _session(self, packet_count: int | None) -> ExecSession:
+    def _session(self, packet_count: int | None) -> ExecStream:
         # The packet limit is tcpdump's own too (the pipeline enforces it across pods).
         argv = self.tcpdump.argv(packet_count)
         enter = self.pod.uid if self.pod.via is not None else None
         command = (compressed_capture_command if self.tcpdump.compress else capture_command)(
             self.container, argv, enter)
-        return ExecSession(
-            self.endpoint, *self._exec_place(), command, stdin=True,
-        )
+        return self.connector.open_stream(*self._exec_place(), command)
 
     def _exec_place(self) -> tuple[str, str, str]:
         """Namespace, pod and container where tcpdump runs: the pod's own capture container,
@@ -385,6 +386,24 @@ class PodStream:
         await self.session.connect()
 
     async def run(self) -> PodCapture:
+        result = PodCapture(self.pod, self.container, self.report)
+        exec_result = await self._stream(result)
+        self.report.finish()
+        result.packets = self.lane.packets
+        if self.gzip is not None:
+            result.notes += compression_notes(self.gzip)
+        if self.given_up:
+            result.notes.append("stopped waiting (Ctrl-C again): tcpdump was not checked")
+            result.remote_stopped = None
+        else:
+            result.remote_stopped = await self._until_given_up(
+                self.verify_stopped(result.notes), "checking that tcpdump stopped")
+        result.given_up = self.given_up
+        result.error = self._ending_error(result, exec_result)
+        return result
+
+    def _stream_handlers(self) -> tuple[Callable[[memoryview], None], Callable[[bytes], None]]:
+        """What tcpdump's stdout and stderr go to."""
         lane = self.lane
         pipeline = lane.pipeline
         stop = self.stop
@@ -407,19 +426,22 @@ class PodStream:
             self.report.feed(data)
             if self.report.listening and not was_listening:
                 # tcpdump's own word that packets now flow: users and scripts wait for it.
-                who = f"{self.pod.namespace}/{self.pod.name}: " if self.many else ""
-                self.reporter.progress(f"{who}tcpdump {self.report.listening}")
+                self.reporter.progress(f"{self.who()}tcpdump {self.report.listening}")
 
-        result: PodCapture = PodCapture(self.pod, self.container, self.report)
+        return on_stdout, on_stderr
+
+    async def _stream(self, result: PodCapture) -> ExecResult | None:
+        """Read tcpdump's stream into the lane, reconnecting when it drops, until it ends or
+        the stop (tcpdump then told to stop). How the exec ended, when it said so."""
+        on_stdout, on_stderr = self._stream_handlers()
         run_task = asyncio.create_task(self.session.run(on_stdout, on_stderr))
-        stop_task = asyncio.create_task(stop.wait())
+        stop_task = asyncio.create_task(self.stop.wait())
         counters_task = asyncio.create_task(self._ask_for_counters())
-        exec_result = None
         try:
             while True:
                 await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
                 lost = self._lost(run_task)
-                if lost is None or stop.is_set() or self.reconnector is None:
+                if lost is None or self.stop.is_set() or self.reconnector is None:
                     break
                 await self.session.close()
                 if not await self.reconnector.resume(self, lost):
@@ -428,74 +450,77 @@ class PodStream:
             counters_task.cancel()
             if self.reconnector is not None:
                 result.notes += [gap.note for gap in self.reconnector.gaps]
-            if not run_task.done():
-                await self._stop_remote(run_task, result.notes)
-            else:
-                result.finished_by_itself = True
-            if run_task.done():
-                try:
-                    exec_result = run_task.result()
-                except StreamLostError:
-                    result.lost = True
-                if lost is not None and not stop.is_set():
-                    result.lost = True
-            else:  # the reader thread is still stuck: the stream is abandoned, not awaited
-                run_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait({run_task}, timeout=1.0)
-                if not self.given_up:
-                    result.notes.append("the stream did not end after the stop; it was dropped")
+            return await self._end_stream(run_task, lost is not None, result)
         finally:
             stop_task.cancel()
             counters_task.cancel()
             if not self.given_up:
                 await self.session.close()
-        self.report.finish()
-        result.packets = lane.packets
-        if gzip is not None:
-            result.notes += compression_notes(gzip)
-        if self.given_up:
-            result.notes.append("stopped waiting (Ctrl-C again): tcpdump was not checked")
-            result.remote_stopped = None
+
+    async def _end_stream(self, run_task: asyncio.Task[ExecResult], was_lost: bool,
+                          result: PodCapture) -> ExecResult | None:
+        """Stop tcpdump if it still streams; how its stream ended."""
+        if not run_task.done():
+            await self._stop_remote(run_task, result.notes)
         else:
-            result.remote_stopped = await self._until_given_up(
-                self.verify_stopped(result.notes), "checking that tcpdump stopped")
-        result.given_up = self.given_up
-        if gzip is not None and gzip.error is not None:
-            result.error = gzip.error
-        elif result.lost and not stop.is_set():
-            tried = self.reconnector
-            gave_up = ""
-            if tried is not None:
-                gave_up = f"; reconnecting for {tried.reconnect_for:g} s did not succeed" + (
-                    f" ({tried.last_error.message})" if tried.last_error is not None else "")
-            result.error = ZsniffError(
-                f"lost the connection to the API server after {plural(pipeline.packets, 'packet')}"
-                + (f" (pod {self.pod.namespace}/{self.pod.name})" if self.many else "")
-                + gave_up,
-                "the capture file is valid up to the last whole packet; run again to continue"
-                + ("" if tried is not None else " (or let zsniff reconnect: --reconnect-for)"),
-                ExitStatus.STREAM_LOST,
-            )
-        elif result.finished_by_itself and self.container_gone:
-            result.error = ZsniffError(
+            result.finished_by_itself = True
+        if not run_task.done():  # the reader thread is still stuck: the stream is abandoned
+            run_task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({run_task}, timeout=1.0)
+            if not self.given_up:
+                result.notes.append("the stream did not end after the stop; it was dropped")
+            return None
+        if was_lost and not self.stop.is_set():
+            result.lost = True
+        try:
+            return run_task.result()
+        except StreamLostError:
+            result.lost = True
+            return None
+
+    def _ending_error(self, result: PodCapture,
+                      exec_result: ExecResult | None) -> ZsniffError | None:
+        """Why this pod's capture failed, if it did."""
+        if self.gzip is not None and self.gzip.error is not None:
+            return self.gzip.error
+        if result.lost and not self.stop.is_set():
+            return self._lost_error()
+        if result.finished_by_itself and self.container_gone:
+            return ZsniffError(
                 f'pod "{self.pod.namespace}/{self.pod.name}" went away during the capture '
                 "(deleted, evicted, or its capture container stopped)",
                 "the capture file holds everything up to then; "
                 f"kubectl get pod {self.pod.name} -n {self.pod.namespace} shows what happened",
                 ExitStatus.POD_NOT_RUNNING,
             )
-        elif exec_result is not None and result.finished_by_itself and (
+        if exec_result is not None and result.finished_by_itself and (
             exec_result.exit_code not in (0, None)
             or (exec_result.exit_code is None and exec_result.failure_message)
         ):
             if exec_result.exit_code is None:
                 self.report.errors.append(exec_result.failure_message or "")
-            result.error = missing_compressor(self.report.errors) or tcpdump_failure(
+            return missing_compressor(self.report.errors) or tcpdump_failure(
                 self.report, exec_result.exit_code, self.tcpdump, self.pod, self.container)
-        return result
+        return None
 
-    def _lost(self, run_task: asyncio.Task[Any]) -> ZsniffError | None:
+    def _lost_error(self) -> ZsniffError:
+        tried = self.reconnector
+        gave_up = ""
+        if tried is not None:
+            gave_up = f"; reconnecting for {tried.reconnect_for:g} s did not succeed" + (
+                f" ({tried.last_error.message})" if tried.last_error is not None else "")
+        return ZsniffError(
+            "lost the connection to the API server after "
+            f"{plural(self.lane.pipeline.packets, 'packet')}"
+            + (f" (pod {self.pod.namespace}/{self.pod.name})" if self.many else "")
+            + gave_up,
+            "the capture file is valid up to the last whole packet; run again to continue"
+            + ("" if tried is not None else " (or let zsniff reconnect: --reconnect-for)"),
+            ExitStatus.STREAM_LOST,
+        )
+
+    def _lost(self, run_task: asyncio.Task[ExecResult]) -> ZsniffError | None:
         """The stream's loss, when the session ended that way (and not by a stop).
 
         A kubelet that dies mid-exec ends the API server's stream with a Success status (an
@@ -529,7 +554,7 @@ class PodStream:
     def who(self) -> str:
         return f"{self.pod.namespace}/{self.pod.name}: " if self.many else ""
 
-    async def _until_given_up(self, work: Any, what: str) -> Any:
+    async def _until_given_up(self, work: Awaitable[T], what: str) -> T | None:
         """Await `work`; say after a second what is being waited for; a second Ctrl-C
         (give_up) abandons it and returns None."""
         task = asyncio.ensure_future(work)
@@ -549,7 +574,8 @@ class PodStream:
         finally:
             give_up.cancel()
 
-    async def _stop_remote(self, run_task: asyncio.Task[Any], notes: list[str]) -> None:
+    async def _stop_remote(self, run_task: asyncio.Task[ExecResult],
+                           notes: list[str]) -> None:
         """Ask tcpdump to stop and keep reading until it has flushed everything."""
         self.lane.pipeline.outputs_stopping()
 
@@ -573,11 +599,10 @@ class PodStream:
 
     async def _in_container(self, script: str, *args: str) -> int:
         # The shell's builtin kill: images need not ship a kill binary.
-        code, _, _ = await exec_capture_output(
-            self.endpoint, *self._exec_place(),
+        return await self.connector.run_command(
+            *self._exec_place(),
             ["sh", "-c", script, "zsniff", *args], timeout=15,
         )
-        return code
 
     async def _kill(self, signal_name: str) -> int | None:
         if self.report.pid is None:
@@ -628,13 +653,22 @@ class CaptureRun:
 
     def __init__(
         self,
-        endpoint: ApiEndpoint,
+        endpoint: ApiEndpoint | None,
         pipeline: OutputPipeline,
         tcpdump: TcpdumpOptions,
         limits: CaptureLimits,
         reporter: Reporter,
         reconnect_for: float = 0.0,
+        *,
+        connector: ExecConnector | None = None,
     ) -> None:
+        """`endpoint`: the API server whose exec websocket the pods are captured through;
+        None only with a `connector` of one's own (a test's scripted streams)."""
+        if connector is None:
+            if endpoint is None:
+                raise ValueError("CaptureRun needs an endpoint or a connector")
+            connector = WebSocketConnector(endpoint)
+        self.connector = connector
         self.pipeline = pipeline
         self.limits = limits
         self.reporter = reporter
@@ -642,10 +676,9 @@ class CaptureRun:
         self._give_up = asyncio.Event()
         self._signal_reason: StopReason | None = None
         self._signals = 0
-        self.endpoint = endpoint
         self.tcpdump = tcpdump
         self.streams = [
-            PodStream(endpoint, lane, tcpdump, limits, reporter, self._stop, self._give_up,
+            PodStream(connector, lane, tcpdump, limits, reporter, self._stop, self._give_up,
                       reconnect_for)
             for lane in pipeline.lanes
         ]
@@ -708,7 +741,7 @@ class CaptureRun:
         capture is stopping, the pod is not joined."""
         if self._stop.is_set():
             return False
-        stream = PodStream(self.endpoint, lane, self.tcpdump, self.limits, self.reporter,
+        stream = PodStream(self.connector, lane, self.tcpdump, self.limits, self.reporter,
                            self._stop, self._give_up)
         stream.many = True
         await stream.connect()
@@ -727,16 +760,7 @@ class CaptureRun:
         await self._connect_all()
         if self.on_started is not None:
             self.on_started()
-        installed: list[signal.Signals] = []
-        for signum, signal_reason in (
-            (signal.SIGINT, StopReason.INTERRUPTED),
-            (signal.SIGTERM, StopReason.TERMINATED),
-        ):
-            try:
-                loop.add_signal_handler(signum, self._on_signal, signal_reason)
-                installed.append(signum)
-            except (NotImplementedError, RuntimeError):  # Windows
-                pass
+        installed = self._install_signal_handlers(loop)
         duration = self.limits.duration
         timer = loop.call_later(duration, self.request_stop, StopReason.DURATION) \
             if duration else None
@@ -744,23 +768,7 @@ class CaptureRun:
         try:
             tasks = self._tasks
             tasks.extend(asyncio.create_task(s.run()) for s in self.streams)
-            pods: list[PodCapture] = []
-            seen: set[asyncio.Task[PodCapture]] = set()
-            while True:
-                pending = {t for t in tasks if t not in seen}
-                if not pending and not (self._joining and not self._stop.is_set()):
-                    break
-                self._joined.clear()
-                woken = asyncio.create_task(self._joined.wait())
-                done, _ = await asyncio.wait(pending | {woken}, timeout=None if pending else 1.0,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
-                for task in [t for t in pending if t in done]:
-                    seen.add(task)
-                    capture = task.result()
-                    others = any(not t.done() for t in tasks) or self._joining
-                    if capture.error is not None and not self._stop.is_set() and others:
-                        await self._lane_ended(capture)
+            await self._until_every_pod_ended()
             self.pipeline.finish()  # packets still in the reorder window
             pods = [t.result() for t in tasks]
             for stream, pod in zip(self.streams, pods, strict=True):
@@ -773,6 +781,41 @@ class CaptureRun:
             for installed_signal in installed:
                 loop.remove_signal_handler(installed_signal)
         return self._summary(pods, started)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        """Ctrl-C and SIGTERM stop the capture (a second one stops the waiting)."""
+        installed: list[signal.Signals] = []
+        for signum, signal_reason in (
+            (signal.SIGINT, StopReason.INTERRUPTED),
+            (signal.SIGTERM, StopReason.TERMINATED),
+        ):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signal_reason)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError):  # Windows
+                pass
+        return installed
+
+    async def _until_every_pod_ended(self) -> None:
+        """Wait for every pod's capture, also those that join meanwhile; one that fails while
+        others go on is said at once."""
+        tasks = self._tasks
+        seen: set[asyncio.Task[PodCapture]] = set()
+        while True:
+            pending = {t for t in tasks if t not in seen}
+            if not pending and not (self._joining and not self._stop.is_set()):
+                break
+            self._joined.clear()
+            woken = asyncio.create_task(self._joined.wait())
+            done, _ = await asyncio.wait(pending | {woken}, timeout=None if pending else 1.0,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            for task in [t for t in pending if t in done]:
+                seen.add(task)
+                capture = task.result()
+                others = any(not t.done() for t in tasks) or self._joining
+                if capture.error is not None and not self._stop.is_set() and others:
+                    await self._lane_ended(capture)
 
     async def _lane_ended(self, capture: PodCapture) -> None:
         """One pod's capture ended early while others go on: say so now. A followed pod that

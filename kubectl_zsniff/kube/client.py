@@ -23,7 +23,13 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.status import ApiStatus, api_refusal
+from kubectl_zsniff.kube.status import (
+    ApiStatus,
+    Unreachable,
+    api_refusal,
+    unreachable_error,
+    unreachable_kind_in,
+)
 from kubectl_zsniff.options import KubeOptions
 from kubectl_zsniff.wire.endpoint import ApiEndpoint, unsupported_proxy
 
@@ -422,27 +428,9 @@ def _tls_reason(text: str) -> str:
 def connection_error(exc: BaseException) -> ZsniffError:
     """Translate a transport failure (refused, DNS, TLS, timeout) into a ZsniffError."""
     text = f"{exc!r} {exc} {getattr(exc, 'reason', '')}"
-    if "Unable to connect to proxy" in text:
-        return ZsniffError(
-            "cannot reach the proxy named by the kubeconfig's proxy-url",
-            "check proxy-url in the kubeconfig (kubectl config view --minify), and the proxy",
-            ExitStatus.UNREACHABLE,
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "SSLCertVerification" in text:
-        return ZsniffError(
-            "TLS verification of the API server failed" + _tls_reason(text),
-            "check certificate-authority(-data) in the kubeconfig; "
-            "verification stays on unless the kubeconfig itself sets insecure-skip-tls-verify",
-            ExitStatus.UNREACHABLE,
-        )
-    if "timed out" in text.lower() or "Timeout" in text:
-        return ZsniffError(
-            "the API server did not answer in time",
-            "check the network or VPN to the cluster, or raise --request-timeout",
-            ExitStatus.UNREACHABLE,
-        )
-    return ZsniffError(
-        f"cannot reach the API server: {str(getattr(exc, 'reason', '') or _first_line(exc))[:200]}",
-        "is the cluster running and the kubeconfig's server address right? (kubectl cluster-info)",
-        ExitStatus.UNREACHABLE,
-    )
+    kind = unreachable_kind_in(text)
+    if kind is Unreachable.TLS_UNTRUSTED:
+        detail = _tls_reason(text)
+    else:
+        detail = str(getattr(exc, "reason", "") or _first_line(exc))[:200]
+    return unreachable_error(kind, detail)

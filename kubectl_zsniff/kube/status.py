@@ -1,15 +1,20 @@
 """The Kubernetes Status document (metav1.Status), read once, and the one mapping of the API
-server's refusals to the project's errors, for REST calls and exec handshakes alike.
+server's refusals, and of failures to reach it at all, to the project's errors, for REST calls
+and exec handshakes alike.
 
 Pure: no client, no network. The REST client (client.py) and the exec websocket (wire/execws.py)
-both hand it the HTTP code and the response body.
+both hand it the HTTP code and the response body, or what kept the answer from coming.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
@@ -187,3 +192,95 @@ def _request_refusal(code: int, message: str, ctx: _Context) -> ZsniffError:
         "",
         ExitStatus.ERROR,
     )
+
+
+class Unreachable(Enum):
+    """Why no answer came from the API server at all."""
+
+    PROXY = "proxy"  # the kubeconfig's proxy-url could not be reached
+    TLS_UNTRUSTED = "tls-untrusted"  # the server's certificate failed verification
+    TLS = "tls"  # any other TLS handshake failure
+    TIMEOUT = "timeout"
+    DNS = "dns"
+    CONNECTION = "connection"  # refused, reset, no route...
+
+
+def unreachable_kind(exc: BaseException) -> Unreachable | None:
+    """The failure the standard library raised opening a connection (the exec websocket's
+    own); None: not a connection failure."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Unreachable.TLS_UNTRUSTED
+    if isinstance(exc, ssl.SSLError):
+        return Unreachable.TLS
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return Unreachable.TIMEOUT
+    if isinstance(exc, socket.gaierror):
+        return Unreachable.DNS
+    if isinstance(exc, OSError):
+        return Unreachable.CONNECTION
+    return None
+
+
+def unreachable_kind_in(text: str) -> Unreachable:
+    """The failure the official client met, read from its words: it wraps the cause
+    (urllib3's MaxRetryError, an ApiException of status 0) and names it only in its text."""
+    if "Unable to connect to proxy" in text:
+        return Unreachable.PROXY
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "SSLCertVerification" in text:
+        return Unreachable.TLS_UNTRUSTED
+    if "timed out" in text.lower() or "Timeout" in text:
+        return Unreachable.TIMEOUT
+    return Unreachable.CONNECTION
+
+
+@dataclass(frozen=True)
+class _Words:
+    message: str  # {server}: the API server's host; {detail}: what the failure said
+    hint: str
+
+
+_REQUEST_TLS = _Words(
+    "TLS verification of the API server failed{detail}",
+    "check certificate-authority(-data) in the kubeconfig; "
+    "verification stays on unless the kubeconfig itself sets insecure-skip-tls-verify")
+_REQUEST_CONNECTION = _Words(
+    "cannot reach the API server: {detail}",
+    "is the cluster running and the kubeconfig's server address right? (kubectl cluster-info)")
+
+# Each failure in two situations: a REST request (the official client's: the request timeout
+# governs it, and its failure text is all there is), and opening the exec websocket to a
+# named server (our own connect: the cause is typed, the host at hand).
+_UNREACHABLE_WORDS: dict[Unreachable, tuple[_Words, _Words]] = {
+    Unreachable.PROXY: (
+        _Words("cannot reach the proxy named by the kubeconfig's proxy-url",
+               "check proxy-url in the kubeconfig (kubectl config view --minify), and the proxy"),
+    ) * 2,
+    Unreachable.TLS_UNTRUSTED: (_REQUEST_TLS, _Words(
+        "TLS certificate verification failed for the API server {server}: {detail}",
+        "check certificate-authority(-data) and tls-server-name of the cluster in your "
+        "kubeconfig")),
+    Unreachable.TLS: (_REQUEST_TLS, _Words(
+        "TLS handshake with the API server {server} failed: {detail}",
+        "check that the kubeconfig server URL uses the right scheme (https) and port")),
+    Unreachable.TIMEOUT: (_Words(
+        "the API server did not answer in time",
+        "check the network or VPN to the cluster, or raise --request-timeout",
+    ), _Words(
+        "timed out connecting to the API server {server}",
+        "check the network path to the cluster (VPN, firewall) and the server URL")),
+    Unreachable.DNS: (_REQUEST_CONNECTION, _Words(
+        "cannot resolve the API server host {server}",
+        "check the server URL in your kubeconfig and your DNS")),
+    Unreachable.CONNECTION: (_REQUEST_CONNECTION, _Words(
+        "cannot connect to the API server {server}: {detail}",
+        "is the cluster running and the kubeconfig server URL right?")),
+}
+
+
+def unreachable_error(kind: Unreachable, detail: str, server: str | None = None) -> ZsniffError:
+    """The error for an API server that could not be reached: by a REST request (`server`
+    None), or by the exec websocket opening to `server`."""
+    request, connect = _UNREACHABLE_WORDS[kind]
+    words = request if server is None else connect
+    return ZsniffError(words.message.format(server=server, detail=detail), words.hint,
+                       ExitStatus.UNREACHABLE)

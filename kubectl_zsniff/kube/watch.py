@@ -62,55 +62,74 @@ def list_and_watch(
     and credential refusals, which no retry changes. Other failures go to `on_error` and are
     retried after RETRY_SECONDS: a lost watch must not end a capture.
     """
+    until = _Until(deadline, stop)
     rv = resource_version
     must_list = rv is None
-
-    def over() -> bool:
-        return (stop is not None and stop.is_set()) or (
-            deadline is not None and time.monotonic() >= deadline)
-
-    def pause() -> None:
-        seconds = RETRY_SECONDS
-        if deadline is not None:
-            seconds = max(0.0, min(seconds, deadline - time.monotonic()))
-        if stop is not None:
-            stop.wait(seconds)
-        else:
-            time.sleep(seconds)
-
-    while not over():
+    while not until.over():
         if must_list:
-            try:
-                listing = kube.get(f"list {kind}", path, **query)
-            except Exception as exc:
-                if rv is None or _final(exc):
-                    raise
-                _report(on_error, kind, "list", exc)
-                pause()
+            listing = _list(kube, kind, path, query, first=rv is None, on_error=on_error)
+            if listing is None:
+                until.pause()
                 continue
             rv = str(field(listing, "metadata", "resourceVersion") or "")
             must_list = False
             yield Listed(list(listing.get("items") or ()), rv)
             continue
-        seconds = WATCH_SECONDS
-        if deadline is not None:
-            seconds = max(1, min(seconds, int(deadline - time.monotonic()) or 1))
         try:
-            events = _watch(kube, kind, path, seconds, rv, query)
-            for reached, change in events:
+            for reached, change in _watch(kube, kind, path, until.watch_seconds(), rv, query):
                 rv = reached  # where the next watch resumes
-                if over():
+                if until.over():
                     return
                 if change is not None:
                     yield change
         except Exception as exc:
-            if over():
+            if until.over():
                 return
             if _final(exc):
                 raise
             _report(on_error, kind, "watch", exc)
             must_list = True
-            pause()
+            until.pause()
+
+
+@dataclass(frozen=True)
+class _Until:
+    """How long the driver goes on: until `stop` is set or `deadline` passes."""
+
+    deadline: float | None
+    stop: threading.Event | None
+
+    def over(self) -> bool:
+        return (self.stop is not None and self.stop.is_set()) or (
+            self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def pause(self) -> None:
+        seconds = RETRY_SECONDS
+        if self.deadline is not None:
+            seconds = max(0.0, min(seconds, self.deadline - time.monotonic()))
+        if self.stop is not None:
+            self.stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def watch_seconds(self) -> int:
+        """One watch request's server-side length: ends by the deadline, at least 1 s."""
+        if self.deadline is None:
+            return WATCH_SECONDS
+        return max(1, min(WATCH_SECONDS, int(self.deadline - time.monotonic()) or 1))
+
+
+def _list(kube: KubeClient, kind: str, path: str, query: dict[str, str], *, first: bool,
+          on_error: Callable[[str], None] | None) -> JSON | None:
+    """A list; None when it failed and is worth retrying (reported). The first list's failure
+    is raised: the caller cannot start without it."""
+    try:
+        return kube.get(f"list {kind}", path, **query)
+    except Exception as exc:
+        if first or _final(exc):
+            raise
+        _report(on_error, kind, "list", exc)
+        return None
 
 
 def pod_versions(kube: KubeClient, namespace: str, name: str, *,

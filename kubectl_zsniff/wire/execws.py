@@ -31,20 +31,25 @@ Behaviour choices (callers rely on them):
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from kubectl_zsniff import __version__
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.kube.status import ApiStatus, api_refusal
+from kubectl_zsniff.kube.status import (
+    ApiStatus,
+    api_refusal,
+    unreachable_error,
+    unreachable_kind,
+)
 from kubectl_zsniff.wire.endpoint import ApiEndpoint, exec_url, unsupported_proxy
 from kubectl_zsniff.wire.websocket import OP_BINARY, CloseInfo, ProtocolError, WebSocket
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 PROTOCOL_V5 = "v5.channel.k8s.io"
 PROTOCOL_V4 = "v4.channel.k8s.io"
@@ -295,7 +300,7 @@ class ExecSession:
         return self._ws
 
 
-async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _blocking(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking call in a daemon thread of its own.
 
     Not ``asyncio.to_thread``: ``asyncio.run`` joins the default executor's threads on its way
@@ -305,33 +310,35 @@ async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: Any, error: BaseException | None) -> None:
+    def settle(outcome: tuple[T] | BaseException) -> None:
         if future.cancelled():
-            if isinstance(result, WebSocket):
-                result.abort()
-                result.close()
-        elif error is not None:
-            future.set_exception(error)
+            _drop_websocket(outcome)
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
         else:
-            future.set_result(result)
+            future.set_result(outcome[0])
 
     def work() -> None:
-        result: Any = None
-        error: BaseException | None = None
+        outcome: tuple[T] | BaseException
         try:
-            result = func(*args, **kwargs)
+            outcome = (func(*args, **kwargs),)
         except BaseException as exc:
-            error = exc
+            outcome = exc
         try:
-            loop.call_soon_threadsafe(settle, result, error)
+            loop.call_soon_threadsafe(settle, outcome)
         except RuntimeError:  # the loop is closed: nobody waits any more
-            if isinstance(result, WebSocket):
-                result.abort()
-                result.close()
+            _drop_websocket(outcome)
 
     threading.Thread(target=work, name=f"zsniff-{getattr(func, '__name__', 'call')}",
                      daemon=True).start()
     return await future
+
+
+def _drop_websocket(outcome: tuple[object] | BaseException) -> None:
+    """A websocket opened for nobody: closed at once."""
+    if isinstance(outcome, tuple) and isinstance(outcome[0], WebSocket):
+        outcome[0].abort()
+        outcome[0].close()
 
 
 class _ChannelReader:
@@ -388,7 +395,6 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
     from kubectl_zsniff.wire.websocket import HandshakeFailed, HandshakeRejected, ProxyFailed
 
     host = session.endpoint.host
-    ns = session.namespace
     if isinstance(exc, HandshakeRejected):
         code = exc.status_code
         if code < 400:
@@ -397,41 +403,11 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
                 "is the kubeconfig server URL the API server itself (not a proxy or dashboard)?",
                 status=ExitStatus.ERROR,
             )
-        return api_refusal(code, ApiStatus.parse(exc.body), "create pods/exec", namespace=ns,
-                           pod=session.pod, server=host)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ZsniffError(
-            f"TLS certificate verification failed for the API server {host}: "
-            f"{exc.verify_message or exc.reason}",
-            "check certificate-authority(-data) and tls-server-name of the cluster in your "
-            "kubeconfig",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, ssl.SSLError):
-        return ZsniffError(
-            f"TLS handshake with the API server {host} failed: {exc.reason or exc}",
-            "check that the kubeconfig server URL uses the right scheme (https) and port",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return ZsniffError(
-            f"timed out connecting to the API server {host}",
-            "check the network path to the cluster (VPN, firewall) and the server URL",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, socket.gaierror):
-        return ZsniffError(
-            f"cannot resolve the API server host {host}",
-            "check the server URL in your kubeconfig and your DNS",
-            status=ExitStatus.UNREACHABLE,
-        )
-    if isinstance(exc, OSError):
-        what = exc.strerror or type(exc).__name__
-        return ZsniffError(
-            f"cannot connect to the API server {host}: {what}",
-            "is the cluster running and the kubeconfig server URL right?",
-            status=ExitStatus.UNREACHABLE,
-        )
+        return api_refusal(code, ApiStatus.parse(exc.body), "create pods/exec",
+                           namespace=session.namespace, pod=session.pod, server=host)
+    kind = unreachable_kind(exc)
+    if kind is not None:
+        return unreachable_error(kind, _failure_detail(exc), server=host)
     if isinstance(exc, HandshakeFailed):
         return ZsniffError(
             f"the API server {host} did not complete the websocket handshake: {exc}",
@@ -440,6 +416,17 @@ def _handshake_error(exc: BaseException, session: ExecSession) -> ZsniffError | 
             status=ExitStatus.UNREACHABLE,
         )
     return None
+
+
+def _failure_detail(exc: BaseException) -> str:
+    """What a connection failure says, in the words of its kind."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message or exc.reason)
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 async def exec_capture_output(

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -118,42 +118,54 @@ def connect(
             _set_timeout(sock, deadline)
             sock = ctx.wrap_socket(sock, server_hostname=server_hostname or host)
         key = base64.b64encode(os.urandom(16)).decode()
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {parts.netloc}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ]
-        if subprotocols:
-            lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
-        if user_agent:
-            lines.append(f"User-Agent: {user_agent}")
-        lines += [f"{name}: {value}" for name, value in headers.items()]
         _set_timeout(sock, deadline)
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        sock.sendall(_upgrade_request(parts, key, subprotocols, headers, user_agent))
         status, reason, answer, rest = _read_head(sock, deadline)
         if status != 101:
             body = _read_body(sock, answer, rest, deadline)
             raise HandshakeRejected(status, reason, body)
-        if answer.get("upgrade", "").lower() != "websocket":
-            raise HandshakeFailed("the answer did not upgrade to websocket")
-        expected = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-        if answer.get("sec-websocket-accept") != expected:
-            raise HandshakeFailed("wrong Sec-WebSocket-Accept in the answer")
-        if answer.get("sec-websocket-extensions"):
-            raise HandshakeFailed("the server chose an extension that was not offered")
-        chosen = answer.get("sec-websocket-protocol") or None
-        if chosen is not None and chosen not in subprotocols:
-            raise HandshakeFailed(f"the server chose a subprotocol not offered: {chosen}")
+        chosen = _accepted_subprotocol(answer, key, subprotocols)
     except BaseException:
         sock.close()
         raise
     return WebSocket(sock, chosen, rest)
+
+
+def _upgrade_request(parts: SplitResult, key: str, subprotocols: Sequence[str],
+                     headers: Mapping[str, str], user_agent: str | None) -> bytes:
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if subprotocols:
+        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
+    if user_agent:
+        lines.append(f"User-Agent: {user_agent}")
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _accepted_subprotocol(answer: Mapping[str, str], key: str,
+                          subprotocols: Sequence[str]) -> str | None:
+    """The subprotocol of a valid 101 answer to `key` (None: the server chose none)."""
+    if answer.get("upgrade", "").lower() != "websocket":
+        raise HandshakeFailed("the answer did not upgrade to websocket")
+    expected = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+    if answer.get("sec-websocket-accept") != expected:
+        raise HandshakeFailed("wrong Sec-WebSocket-Accept in the answer")
+    if answer.get("sec-websocket-extensions"):
+        raise HandshakeFailed("the server chose an extension that was not offered")
+    chosen = answer.get("sec-websocket-protocol") or None
+    if chosen is not None and chosen not in subprotocols:
+        raise HandshakeFailed(f"the server chose a subprotocol not offered: {chosen}")
+    return chosen
 
 
 class WebSocket:
@@ -269,8 +281,10 @@ class WebSocket:
         keepalive = _Keepalive(ping_interval, ping_timeout, time.monotonic())
         eof = False
         try:
-            # The hot loop: frames are parsed inline, a call per chunk of payload and none per
-            # header field, since at tens of MB/s every Python call per frame shows.
+            # The hot loop, long on purpose: frames are parsed inline, a call per chunk of
+            # payload and none per header field, since at tens of MB/s every Python call per
+            # frame shows (tcpdump -U writes a packet at a time, so a frame can be one packet:
+            # a million frames per GB). Only the rare control frames leave it.
             while True:
                 # Parse and deliver everything complete in buf[pos:end].
                 while pos < end:
@@ -303,19 +317,16 @@ class WebSocket:
                             break
                         length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
                     opcode, fin = b0 & 0x0F, bool(b0 & 0x80)
-                    if opcode >= 0x8:
+                    if opcode >= 0x8:  # rare (pings, the close): a call of its own is free
                         if length > 125 or not fin:
                             raise ProtocolError("the server sent a malformed control frame")
                         if avail < head + length:
                             break
                         payload = bytes(view[pos + head:pos + head + length])
                         pos += head + length
-                        if opcode == OP_PING:
-                            self._send_quietly(OP_PONG, payload)
-                        elif opcode == OP_CLOSE:
-                            return self._closing_handshake(payload, close_timeout)
-                        elif opcode != OP_PONG:
-                            raise ProtocolError(f"unknown control opcode {opcode}")
+                        closed = self._control_frame(opcode, payload, close_timeout)
+                        if closed is not None:
+                            return closed
                         continue
                     if opcode in (OP_TEXT, OP_BINARY):
                         if in_message:
@@ -360,6 +371,17 @@ class WebSocket:
         except BaseException:
             self.abort()
             raise
+
+    def _control_frame(self, opcode: int, payload: bytes,
+                       close_timeout: float) -> CloseInfo | None:
+        """Answer a ping; a close ends the reading (its CloseInfo)."""
+        if opcode == OP_PING:
+            self._send_quietly(OP_PONG, payload)
+        elif opcode == OP_CLOSE:
+            return self._closing_handshake(payload, close_timeout)
+        elif opcode != OP_PONG:
+            raise ProtocolError(f"unknown control opcode {opcode}")
+        return None
 
     def _fill(self, view: memoryview, end: int, keepalive: _Keepalive,
               close_timeout: float) -> tuple[int, bool] | CloseInfo:
@@ -608,5 +630,6 @@ class _Keepalive:
 def _os_error_text(exc: BaseException) -> str:
     if isinstance(exc, ConnectionResetError):
         return "connection reset by the server"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    strerror = exc.strerror if isinstance(exc, OSError) else None
+    text = strerror or str(exc) or type(exc).__name__
     return f"connection lost: {text}"

@@ -556,25 +556,9 @@ def enrich_file(
         return summary
     tmp = Path(tmp_name)
     try:
-        with contextlib.ExitStack() as stack:
-            fh = stack.enter_context(_open_log(src))
-            raw = stack.enter_context(os.fdopen(fd, "wb"))
-            write: Callable[[bytes], object] = raw.write
-            if gz:
-                write = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb")).write
-            for chunk in enrich_lines(fh, namemap, summary, columns, selection):
-                write(chunk)
-        if summary.skipped is not None and not summary.dropped:
-            tmp.unlink()
-            if dst != src and summary.format is not None:
-                shutil.copyfile(src, dst)
-                shutil.copymode(src, dst)
-                summary.output = dst
-            return summary
-        shutil.copymode(src, tmp)
-        _keep_owner(src, tmp)
-        os.replace(tmp, dst)
-        summary.output = dst
+        _write_log(src, fd, gz,
+                   lambda lines: enrich_lines(lines, namemap, summary, columns, selection))
+        _put_in_place(src, dst, tmp, summary)
         return summary
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -588,6 +572,35 @@ def enrich_file(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _write_log(src: Path, fd: int, gz: bool,
+               rewrite: Callable[[IO[bytes]], Iterable[bytes]]) -> None:
+    """`rewrite` of the log `src` into the open file `fd`, gzipped like the source."""
+    with contextlib.ExitStack() as stack:
+        lines = stack.enter_context(_open_log(src))
+        raw = stack.enter_context(os.fdopen(fd, "wb"))
+        write: Callable[[bytes], object] = raw.write
+        if gz:
+            write = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb")).write
+        for chunk in rewrite(lines):
+            write(chunk)
+
+
+def _put_in_place(src: Path, dst: Path, tmp: Path, summary: FileSummary) -> None:
+    """The enriched `tmp` becomes `dst` (atomically, `src`'s mode and owner kept). A log that
+    got no new fields is not rewritten: `tmp` goes, and `dst` elsewhere is a plain copy."""
+    if summary.skipped is not None and not summary.dropped:
+        tmp.unlink()
+        if dst != src and summary.format is not None:
+            shutil.copyfile(src, dst)
+            shutil.copymode(src, dst)
+            summary.output = dst
+        return
+    shutil.copymode(src, tmp)
+    _keep_owner(src, tmp)
+    os.replace(tmp, dst)
+    summary.output = dst
 
 
 def _keep_owner(src: Path, dst: Path) -> None:

@@ -1,14 +1,24 @@
-"""The one Status reader and the one mapping of API refusals: what each answer becomes for the
-user (exit status, words of the message, words of the hint), for REST calls and exec alike."""
+"""The one Status reader and the one mapping of API refusals and of an API server not reached:
+what each answer (or its absence) becomes for the user (exit status, words of the message,
+words of the hint), for REST calls and exec alike."""
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 
 import pytest
 
 from kubectl_zsniff.errors import ExitStatus
-from kubectl_zsniff.kube.status import ApiStatus, api_refusal
+from kubectl_zsniff.kube.status import (
+    ApiStatus,
+    Unreachable,
+    api_refusal,
+    unreachable_error,
+    unreachable_kind,
+    unreachable_kind_in,
+)
 
 
 def status(message: str, reason: str = "", code: int = 0) -> bytes:
@@ -66,3 +76,58 @@ def test_each_refusal_has_its_exit_status_message_and_hint(
     assert in_message in err.message, err.message
     assert in_hint in err.hint, err.hint
     assert "\n" not in err.message  # one line
+
+
+class _WrappedFailure(Exception):
+    """What the official client raises for a transport failure: the cause only in its words
+    (urllib3's MaxRetryError carries it in `reason`)."""
+
+    def __init__(self, text: str, reason: str = "") -> None:
+        super().__init__(text)
+        self.reason = reason
+
+
+@pytest.mark.parametrize("failure,message,in_hint", [
+    (_WrappedFailure("Unable to connect to proxy", "ProxyError('Unable to connect to proxy')"),
+     "cannot reach the proxy named by the kubeconfig's proxy-url", "kubectl config view"),
+    (_WrappedFailure("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed "
+                     "certificate in certificate chain (_ssl.c:1006)"),
+     "TLS verification of the API server failed: self-signed certificate in certificate chain",
+     "insecure-skip-tls-verify"),
+    (_WrappedFailure("Read timed out. (read timeout=5)"),
+     "the API server did not answer in time", "--request-timeout"),
+    (_WrappedFailure("Max retries exceeded", "NewConnectionError('Connection refused')"),
+     "cannot reach the API server: NewConnectionError('Connection refused')",
+     "kubectl cluster-info"),
+])
+def test_a_rest_request_that_gets_no_answer_is_unreachable(
+        failure: Exception, message: str, in_hint: str) -> None:
+    from kubectl_zsniff.kube.client import connection_error
+
+    err = connection_error(failure)
+    assert (err.status, err.message) == (ExitStatus.UNREACHABLE, message)
+    assert in_hint in err.hint
+
+
+@pytest.mark.parametrize("failure,message", [
+    (TimeoutError("timed out"), "timed out connecting to the API server api:6443"),
+    (socket.gaierror(-2, "Name or service not known"),
+     "cannot resolve the API server host api:6443"),
+    (ConnectionRefusedError(111, "Connection refused"),
+     "cannot connect to the API server api:6443: Connection refused"),
+    (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+     "TLS handshake with the API server api:6443 failed: "),
+])
+def test_an_exec_websocket_that_cannot_connect_names_the_server(
+        failure: OSError, message: str) -> None:
+    kind = unreachable_kind(failure)
+    assert kind is not None
+    detail = failure.strerror or "" if not isinstance(failure, ssl.SSLError) else ""
+    err = unreachable_error(kind, detail, server="api:6443")
+    assert (err.status, err.message) == (ExitStatus.UNREACHABLE, message)
+    assert err.hint
+
+
+def test_what_is_not_a_connection_failure_is_left_alone() -> None:
+    assert unreachable_kind(ValueError("a bug")) is None
+    assert unreachable_kind_in("anything else") is Unreachable.CONNECTION
