@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,9 @@ from kubectl_zsniff.options import (
 from kubectl_zsniff.words import plural
 
 if TYPE_CHECKING:
-    from kubectl_zsniff.names.map import PodName
+    from kubectl_zsniff.cli.console import ConsoleReporter
+    from kubectl_zsniff.names.map import NameSource, PodName
+    from kubectl_zsniff.zeek.select import RowSelection
 
 CAPTURE_EXAMPLES = """
 \b
@@ -620,7 +623,7 @@ def _output_format(kw: dict[str, Any], path: Path | None,
     return fmt
 
 
-def _capture(opts: CaptureOptions, reporter: Any) -> int:
+def _capture(opts: CaptureOptions, reporter: ConsoleReporter) -> int:
     from kubectl_zsniff.capture.session import run_capture
 
     stdout = None
@@ -636,13 +639,13 @@ def _capture(opts: CaptureOptions, reporter: Any) -> int:
     return int(summary.exit_status)
 
 
-def _make_reporter(quiet: bool, live: bool = True) -> Any:
+def _make_reporter(quiet: bool, live: bool = True) -> ConsoleReporter:
     from kubectl_zsniff.cli.console import ConsoleReporter
 
     return ConsoleReporter(quiet=quiet, live=live)
 
 
-def _run(action: Any, debug: bool, reporter: Any) -> int:
+def _run(action: Callable[[], int], debug: bool, reporter: ConsoleReporter) -> int:
     """Run a command; every failure becomes one line, a hint and its exit status."""
     try:
         return int(action())
@@ -684,7 +687,7 @@ def truncation_warning(path: str, tail: int) -> str:
 
 
 def _selection(logs: str | None, flows: tuple[str, ...], logs_flag: str,
-               flows_flag: str) -> Any:
+               flows_flag: str) -> RowSelection | None:
     """The volume knob from its flags, or None for everything; bad rules are usage errors."""
     if not logs and not flows:
         return None
@@ -697,8 +700,9 @@ def _selection(logs: str | None, flows: tuple[str, ...], logs_flag: str,
             from exc
 
 
-def _enrich_to_json(logs: tuple[str, ...], namemap: Any, target: str, context: str | None,
-                    selection: Any, reporter: Any) -> int:
+def _enrich_to_json(logs: tuple[str, ...], namemap: NameSource, target: str,
+                    context: str | None, selection: RowSelection | None,
+                    reporter: ConsoleReporter) -> int:
     from kubectl_zsniff.names.map import as_lookup
     from kubectl_zsniff.sinks.jsonlines import JsonLinesOutput
     from kubectl_zsniff.zeek.jsonl import logs_to_json
@@ -730,7 +734,8 @@ def _enrich_to_json(logs: tuple[str, ...], namemap: Any, target: str, context: s
     return 0
 
 
-def _cluster_owners(kw: dict[str, Any], reporter: Any) -> tuple[dict[str, PodName], str]:
+def _cluster_owners(kw: dict[str, Any],
+                    reporter: ConsoleReporter) -> tuple[dict[str, PodName], str]:
     """Every pod, service and node address of the cluster with what is known of its owner
     (workload, node), and the kubectl context they were read with."""
     from kubectl_zsniff.kube.client import load_client
@@ -747,7 +752,7 @@ def _cluster_owners(kw: dict[str, Any], reporter: Any) -> tuple[dict[str, PodNam
     return book.current(), kube.context_name
 
 
-def _cluster_names(kw: dict[str, Any], reporter: Any,
+def _cluster_names(kw: dict[str, Any], reporter: ConsoleReporter,
                    only_namespace: str | None = None) -> dict[str, str]:
     """Every pod, service and node address of the cluster, as `NS/POD`, `NS/svc/X`, `node/X`;
     with `only_namespace`, that namespace's pods and services alone."""
@@ -945,7 +950,7 @@ def enrich_command(
     def action() -> int:
         from kubectl_zsniff.names.map import DictNameMap
 
-        namemap: Any
+        namemap: NameSource
         context: str | None = None
         if names_from and _is_capture(names_from):
             from kubectl_zsniff.offline import names_from_capture

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import IO, Literal
 
 from kubectl_zsniff.errors import ExitStatus, ZsniffError
-from kubectl_zsniff.names.map import LookupFunc, NameSource, PodName, as_lookup, normalize_ip
+from kubectl_zsniff.names.map import (
+    DictNameMap,
+    LookupFunc,
+    NameSource,
+    PodName,
+    as_lookup,
+    normalize_ip,
+)
 from kubectl_zsniff.zeek.select import RowSelection
 
 LogFormat = Literal["tsv", "json"]
@@ -440,10 +447,8 @@ def _resolve_columns(
     source: NameSource, with_workload: bool | None, namespace: bool
 ) -> Columns | None:
     """The columns, or None when only the data can tell whether workloads are known."""
-    if with_workload is None:
-        provides = getattr(source, "provides_workload", None)
-        if isinstance(provides, bool):
-            with_workload = provides
+    if with_workload is None and isinstance(source, DictNameMap):
+        with_workload = source.provides_workload
     return None if with_workload is None else Columns(namespace, with_workload)
 
 
