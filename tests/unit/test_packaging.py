@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -58,33 +57,17 @@ def test_krew_launcher_installs_into_a_private_venv_and_runs(tmp_path: Path) -> 
 # a bare interpreter's start (so a loaded, shared machine slows both sides). Here --help takes
 # 0.15-0.3 s (0.05-0.2 s over the bare start); with the kubernetes client and rich imported
 # eagerly, 0.5-1.1 s (0.4 s and more over it).
-HELP_SECONDS = 1.0
-HELP_OVER_BARE_START = 0.3
-
-
-def _fastest(argv: list[str], env: dict[str, str], runs: int = 5) -> tuple[float, str]:
-    timings, out = [], ""
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
-                                cwd=ROOT)
-        timings.append(time.perf_counter() - start)
-        assert result.returncode == 0, result.stderr
-        out = result.stdout
-    return min(timings), out
-
-
-def test_console_script_help_is_fast_and_shows_examples() -> None:
-    # This checkout's CLI, started as the console script starts it (a fresh interpreter).
+def test_console_script_help_shows_examples_without_the_slow_imports() -> None:
+    """--help starts fast because it imports none of the heavy packages: that is what is
+    asserted here; its time is measured by bench/bench_help.py (timings never fail tests)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    bare, _ = _fastest([sys.executable, "-c", "pass"], env)
-    fastest, out = _fastest([sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
-                             "from kubectl_zsniff.cli.app import main; main()", "--help"], env)
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'kubectl-zsniff'; "
+                             "from kubectl_zsniff.cli.app import main; main()", "--help"],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     assert "Examples:" in out and "--wireshark" in out
-    assert "--version" in out and "--force" in out  # every flag is listed
-    assert fastest < HELP_SECONDS, f"--help took {fastest:.2f} s at best"
-    assert fastest - bare < HELP_OVER_BARE_START, (
-        f"--help took {fastest:.2f} s at best, {fastest - bare:.2f} s over a bare start")
+    assert "--version" in out and "--force" in out and "--via-node" in out  # every flag
     # --help must not import the kubernetes client, rich or pyshark (each costs 0.3-0.5 s).
     probe = subprocess.run(
         [sys.executable, "-c",
