@@ -32,6 +32,9 @@ from kubectl_zsniff.sinks import Sink
 __all__ = ["Lane", "OutputPipeline", "StopReason"]
 
 
+# Encoded pieces (names, EPBs, pcap records) one release gathers before it writes them.
+BATCH_PARTS = 512
+
 class Lane:
     """One pod's tcpdump stream into the shared pipeline."""
 
@@ -187,7 +190,12 @@ class OutputPipeline:
         self._release(merger.ready())
 
     def _release(self, held: list[tuple[Lane, Packet]]) -> None:
-        """Write packets that left the window, in their order: runs of one lane at a time."""
+        """Write packets that left the window, in their order: runs of one lane at a time.
+        Pods interleave, so a run is often a packet or two: the runs of one release are
+        encoded into one write (one write per sink instead of one per run), except under
+        --max-size, whose budget counts the bytes written run by run."""
+        batch: tuple[list[bytes], list[bytes | memoryview]] | None = (
+            ([], []) if self.budget.max_bytes is None else None)
         run: list[Packet] = []
         run_lane: Lane | None = None
         dedup = self.dedup
@@ -198,14 +206,42 @@ class OutputPipeline:
                                  packet_key(lane.header.linktype, packet.data)):
                     continue
             if lane is not run_lane and run_lane is not None:
-                self._encode_packets(run_lane, self._apply_limits(run))
+                self._encode_run(run_lane, self._apply_limits(run), batch)
                 run = []
             if self.stop_reason is not None:
-                return
+                run_lane = None
+                break
             run_lane = lane
             run.append(packet)
         if run_lane is not None and self.stop_reason is None:
-            self._encode_packets(run_lane, self._apply_limits(run))
+            self._encode_run(run_lane, self._apply_limits(run), batch)
+        if batch is not None and (batch[0] or batch[1]):
+            self._write(pcap=b"".join(batch[0]), pcapng=b"".join(batch[1]))
+
+    def _encode_run(self, lane: Lane, packets: list[Packet],
+                    batch: tuple[list[bytes], list[bytes | memoryview]] | None) -> None:
+        """One lane's run: written now, or added to the release's one write."""
+        if batch is None:
+            self._encode_packets(lane, packets)
+            return
+        if not packets:
+            return
+        self._count(lane, len(packets), sum(p.caplen for p in packets))
+        pcap_parts, pcapng_parts = batch
+        if self.wants_pcapng:
+            names = self.names.updates()
+            if names:
+                pcapng_parts.append(names)
+            self._encode_into(lane, packets, pcapng_parts)
+        pcap = self._pcap_of(lane, packets)
+        if pcap:
+            pcap_parts.append(pcap)
+        if len(pcapng_parts) + len(pcap_parts) >= BATCH_PARTS:
+            # A release after a quiet spell can be the whole window: write it in pieces
+            # rather than hold a second copy of it encoded.
+            self._write(pcap=b"".join(pcap_parts), pcapng=b"".join(pcapng_parts))
+            pcap_parts.clear()
+            pcapng_parts.clear()
 
     def flush_due(self) -> None:
         """Write what has waited the window (a quiet moment). Skipped while a lane writes."""
