@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,17 +176,25 @@ def limited_user_may(cluster: Any, rules: list[dict[str, Any]],
 READ_NODES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
 
 
+def once_rbac_caught_up(zsniff: Zsniff, args: list[str],
+                        settled: Callable[[str], bool]) -> subprocess.CompletedProcess[str]:
+    """Run zsniff until its stderr shows the new RBAC bindings took effect (the authorizer's
+    cache takes a moment to see one), for at most 15 s: the last run."""
+    deadline = time.monotonic() + 15
+    while True:
+        result = zsniff.run(args)
+        if settled(result.stderr) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
 def limited_node_capture(cluster: Any, zsniff: Zsniff, tmp_path: Path, *extra: str,
                          until_not: str) -> subprocess.CompletedProcess[str]:
-    """A node capture as the limited user, once RBAC has caught up (the authorizer's cache
-    takes a moment to see a new binding): until its stderr no longer says `until_not`."""
-    def attempt() -> subprocess.CompletedProcess[str] | None:
-        run = zsniff.run([f"node/{cluster.node_names[0]}", "--context", cluster.limited_context,
-                          "-w", str(tmp_path / "x.pcapng"), *extra])
-        return None if until_not in run.stderr else run
-
-    result: subprocess.CompletedProcess[str] = wait_until(attempt, 15, "RBAC to catch up", 0.5)
-    return result
+    """A node capture as the limited user, once its stderr no longer says `until_not`."""
+    return once_rbac_caught_up(
+        zsniff, [f"node/{cluster.node_names[0]}", "--context", cluster.limited_context,
+                 "-w", str(tmp_path / "x.pcapng"), *extra],
+        lambda stderr: until_not not in stderr)
 
 
 def test_a_user_who_may_not_create_pods_is_told_what_to_ask_for(
@@ -213,13 +221,11 @@ def test_a_user_who_may_make_but_not_delete_capture_pods_is_refused_before_any_p
             {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]
     with limited_user_may(cluster, READ_NODES), \
             limited_user_may(cluster, pods, namespace="default"):
-        deadline = time.monotonic() + 15
-        while True:  # until RBAC's cache sees both bindings
-            result = zsniff.run([f"node/{cluster.node_names[0]}", "--context",
-                                 cluster.limited_context, "-w", str(tmp_path / "x.pcapng")])
-            if "forbidden to delete pods in" in result.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        # Until RBAC's cache sees both bindings: only the deletion is refused then.
+        result = once_rbac_caught_up(
+            zsniff, [f"node/{cluster.node_names[0]}", "--context", cluster.limited_context,
+                     "-w", str(tmp_path / "x.pcapng")],
+            lambda stderr: "forbidden to delete pods in" in stderr)
     assert result.returncode == 5, result.stderr
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
     assert 'forbidden to delete pods in namespace "default"' in result.stderr

@@ -18,7 +18,12 @@ import pytest
 
 from tests.e2e.conftest import PodPair, Zsniff, stop_process, unique, wait_capture_live
 from tests.e2e.test_failures import RESTRICTED_OK
-from tests.e2e.test_node import READ_NODES, capture_pods, limited_user_may
+from tests.e2e.test_node import (
+    READ_NODES,
+    capture_pods,
+    limited_user_may,
+    once_rbac_caught_up,
+)
 from tests.e2e.test_workloads import start_capture, wait_listening
 
 pytestmark = [
@@ -162,15 +167,10 @@ def test_a_user_who_may_not_create_capture_pods_is_told_what_to_ask_for(
     read_pods = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     try:
         with limited_user_may(cluster, READ_NODES + read_pods):
-            deadline = time.monotonic() + 15
-            while True:
-                result = zsniff.run([locked, "-n", LOCKED, "--via-node", "--capture-namespace",
-                                     "default", "--context", cluster.limited_context,
-                                     "-w", str(tmp_path / "x.pcapng")])
-                # RBAC's cache takes a moment to see a new binding.
-                if "forbidden to create pods" in result.stderr or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+            result = once_rbac_caught_up(
+                zsniff, [locked, "-n", LOCKED, "--via-node", "--capture-namespace", "default",
+                         "--context", cluster.limited_context, "-w", str(tmp_path / "x.pcapng")],
+                lambda stderr: "forbidden to create pods" in stderr)
         assert result.returncode == 5, result.stderr
         assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
         assert "forbidden to create pods" in result.stderr
